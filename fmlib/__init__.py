@@ -1,0 +1,46 @@
+"""fmlib: the small PyTorch library behind the executable textbook of Flow Matching.
+
+Time convention everywhere: t = 0 is noise (x0 ~ p), t = 1 is data (x1 ~ q); the linear path is
+x_t = t x1 + (1 − t) x0.
+
+Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.paths` (schedulers, affine
+paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
+samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
+:mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
+:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`.
+"""
+
+__version__ = "0.1.0"
+
+from . import (  # noqa: E402
+    analytic,
+    checkpoint,
+    data,
+    guidance,
+    likelihood,
+    losses,
+    metrics,
+    models,
+    paths,
+    plotting,
+    runtime,
+    solvers,
+    train,
+)
+
+__all__ = [
+    "__version__",
+    "analytic",
+    "checkpoint",
+    "data",
+    "guidance",
+    "likelihood",
+    "losses",
+    "metrics",
+    "models",
+    "paths",
+    "plotting",
+    "runtime",
+    "solvers",
+    "train",
+]

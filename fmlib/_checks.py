@@ -1,0 +1,72 @@
+"""Small validation and broadcasting helpers shared by every fmlib module (private)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def as_time(t: float | Tensor, batch: int, *, like: Tensor, name: str = "t") -> Tensor:
+    """Return ``t`` as a float tensor of shape ``[batch]`` on ``like``'s device and dtype, checked to lie in [0, 1].
+
+    Accepts a Python number, a 0-d tensor, a ``[1]`` tensor or a ``[batch]`` tensor.
+
+    Raises:
+        ValueError: wrong shape, NaN, or a value outside [0, 1].
+    """
+    if not torch.is_tensor(t):
+        t = torch.tensor(float(t))
+    t = t.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
+    if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
+        t = t.reshape(1).expand(batch)
+    if t.dim() != 1 or t.shape[0] != batch:
+        raise ValueError(f"{name} must be a scalar or have shape [{batch}], got shape {tuple(t.shape)}")
+    check_unit_interval(t, name=name)
+    return t
+
+
+def check_unit_interval(t: Tensor, *, name: str = "t") -> None:
+    """Raise ``ValueError`` unless every entry of ``t`` is a number in [0, 1]."""
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN")
+    if t.numel() and (t.min() < 0 or t.max() > 1):
+        raise ValueError(f"{name} must lie in [0, 1]; got values in [{t.min().item():.4g}, {t.max().item():.4g}]")
+
+
+def expand_like(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape a ``[B]`` tensor to ``[B, 1, ..., 1]`` so that it broadcasts against ``x`` of shape ``[B, ...]``."""
+    if t.dim() != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"expected a [B] tensor with B={x.shape[0]}, got shape {tuple(t.shape)}")
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def check_same_shape(**tensors: Tensor) -> None:
+    """Raise ``ValueError`` unless all named tensors have the same shape."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError("shapes must match: " + ", ".join(f"{k}={s}" for k, s in shapes.items()))
+
+
+def check_batched(x: Tensor, *, name: str = "x", min_dim: int = 2) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor with a batch axis (at least ``min_dim`` dimensions)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have shape [B, ...] with at least {min_dim} dims, got {tuple(x.shape)}")
+
+
+def check_choice(value: str, choices: Iterable[str], *, what: str) -> str:
+    """Return ``value`` if it is one of ``choices``; otherwise raise ``ValueError`` listing them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {choices}")
+    return value
+
+
+def check_finite(x: Tensor, *, what: str) -> Tensor:
+    """Return ``x`` unchanged, or raise ``FloatingPointError`` if it holds NaN or infinity."""
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{what} is not finite (NaN or inf)")
+    return x

@@ -1,0 +1,138 @@
+"""Where and how big: the device, the build profile, threads and seeds.
+
+Every chapter sizes its work the same way, through this module:
+
+* the **device** is CUDA when available, else Apple's MPS, else the CPU; ``FMLIB_DEVICE`` overrides it
+  (``cpu``, ``cuda``, ``cuda:1``, ``mps``);
+* the **profile** is ``quick`` (small models, short training: a 2-core CPU builds the whole book in minutes)
+  or ``full`` (bigger models, real training: meant for a GPU). The default is ``full`` when the chosen device
+  is a GPU and ``quick`` otherwise; ``FMLIB_PROFILE=quick|full`` overrides it;
+* :func:`by_profile` picks a value per profile, so a chapter writes ``steps = by_profile(quick=2_000,
+  full=20_000)`` and the prose, which quotes only printed numbers, stays true in both profiles.
+
+Environment variables reach the notebook kernels that ``jupyter-book`` starts, so
+``FMLIB_PROFILE=full jupyter-book build book/`` builds the full profile.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PROFILES",
+    "get_profile",
+    "get_device",
+    "by_profile",
+    "configure_threads",
+    "seed_everything",
+    "describe",
+]
+
+PROFILES: tuple[str, ...] = ("quick", "full")
+"""The known build profiles."""
+
+T = TypeVar("T")
+
+
+def get_device() -> torch.device:
+    """The device every chapter computes on.
+
+    ``FMLIB_DEVICE`` wins when set (any string :class:`torch.device` accepts); otherwise CUDA, then MPS,
+    then the CPU.
+
+    Raises:
+        ValueError: ``FMLIB_DEVICE`` names a device torch does not know, or a CUDA device when CUDA is
+            unavailable.
+    """
+    wanted = os.environ.get("FMLIB_DEVICE", "").strip()
+    if wanted:
+        try:
+            device = torch.device(wanted)
+        except RuntimeError as err:
+            raise ValueError(f"FMLIB_DEVICE={wanted!r} is not a device torch knows: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"FMLIB_DEVICE={wanted!r} asks for CUDA, but torch sees no CUDA device")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_profile() -> str:
+    """The build profile: ``"quick"`` or ``"full"``.
+
+    ``FMLIB_PROFILE`` wins when set; otherwise ``"full"`` on a CUDA device and ``"quick"`` elsewhere.
+
+    Raises:
+        ValueError: ``FMLIB_PROFILE`` is set to something other than ``quick`` or ``full``.
+    """
+    wanted = os.environ.get("FMLIB_PROFILE", "").strip().lower()
+    if wanted:
+        if wanted not in PROFILES:
+            raise ValueError(f"FMLIB_PROFILE={wanted!r} is not a profile; choose one of {PROFILES}")
+        return wanted
+    return "full" if get_device().type == "cuda" else "quick"
+
+
+def by_profile(*, quick: T, full: T) -> T:
+    """Return ``quick`` or ``full`` according to :func:`get_profile`.
+
+    Example: ``steps = by_profile(quick=2_000, full=20_000)``.
+    """
+    return quick if get_profile() == "quick" else full
+
+
+def configure_threads(max_threads: int | None = None) -> int:
+    """Use at most as many torch threads as there are cores (or ``max_threads``); return the number set.
+
+    ``FMLIB_THREADS`` overrides the default. Oversubscribing a 2-core machine makes training slower, not
+    faster, so every chapter calls this once.
+    """
+    env = os.environ.get("FMLIB_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"FMLIB_THREADS={env!r} is not an integer") from None
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = cores if max_threads is None else min(cores, max_threads)
+    if n < 1:
+        raise ValueError(f"the number of threads must be positive, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's global generators; return a fresh CPU generator seeded with ``seed``.
+
+    fmlib's own functions take explicit ``torch.Generator`` arguments; this is for the chapter's own code.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def describe() -> str:
+    """One line naming the profile, the device, the thread count and the versions, for a chapter's first cell."""
+    from . import __version__
+
+    device = get_device()
+    name = device.type
+    if device.type == "cuda":
+        name = f"cuda ({torch.cuda.get_device_name(device)})"
+    return (
+        f"fmlib {__version__} | profile={get_profile()} | device={name} | torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads) | python {platform.python_version()}"
+    )
