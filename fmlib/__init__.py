@@ -7,7 +7,7 @@ Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.p
 paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
 samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
 :mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
-:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`.
+:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.symbolic` (sympy checks).
 """
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ from . import (  # noqa: E402
     plotting,
     runtime,
     solvers,
+    symbolic,
     train,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "plotting",
     "runtime",
     "solvers",
+    "symbolic",
     "train",
 ]

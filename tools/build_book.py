@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Build the book from an empty _build, strictly, and say which chapter failed.
+
+    python tools/build_book.py [--profile quick|full|auto] [--fresh-cache] [--book-dir book]
+
+* removes ``_build`` (beside the root ``_config.yml``) first (incremental builds skip unchanged files and hide failures);
+* runs ``jupyter-book build <book> -W --keep-going`` (every chapter is executed: ``execute_notebooks: force``);
+* sets ``FMLIB_PROFILE`` for the notebook kernels (``auto`` leaves the choice to fmlib: full on a GPU);
+* ``--fresh-cache`` points ``FMLIB_CACHE_DIR`` at an empty folder inside _build, so every model is trained
+  in this build (checks and CI); otherwise the user's cache (``~/.cache/fmlib``) is reused;
+* on failure, prints for each chapter whose execution failed its name and the end of its traceback
+  (from ``_build/html/reports``), and the warning lines of the log; exits non-zero.
+* prints the execution time of every chapter and of the whole build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=("quick", "full", "auto"), default="auto")
+    parser.add_argument("--fresh-cache", action="store_true", help="train every model in this build")
+    parser.add_argument("--book-dir", default=str(ROOT / "book"))
+    parser.add_argument("--log", default=None, help="also write the full build log here")
+    args = parser.parse_args(argv)
+
+    book = Path(args.book_dir).resolve()
+    config = next((d / "_config.yml" for d in (book, *book.parents) if (d / "_config.yml").exists()), None)
+    if config is None:
+        print(f"no _config.yml in {book} or above it", file=sys.stderr)
+        return 2
+    build = config.parent / "_build"  # where jupyter-book puts it: beside the _config.yml it found
+    if build.exists():
+        shutil.rmtree(build)
+    build.mkdir(parents=True)
+
+    env = dict(os.environ)
+    if args.profile != "auto":
+        env["FMLIB_PROFILE"] = args.profile
+    if args.fresh_cache:
+        env["FMLIB_CACHE_DIR"] = str(build / "fmlib-cache")
+    env.setdefault("MPLBACKEND", "Agg")
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+
+    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
+    if jb is None:
+        print("jupyter-book is not installed in this environment (pip install -r requirements.txt)", file=sys.stderr)
+        return 2
+    cmd = [jb, "build", str(book), "-W", "--keep-going", "--all", "--path-output", str(config.parent)]
+    print(f"$ {' '.join(cmd)}   (FMLIB_PROFILE={env.get('FMLIB_PROFILE', 'auto')}, "
+          f"FMLIB_CACHE_DIR={env.get('FMLIB_CACHE_DIR', 'default')})", flush=True)
+
+    start = time.perf_counter()
+    lines: list[str] = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1, cwd=ROOT) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+        code = proc.wait()
+    elapsed = time.perf_counter() - start
+    log = "".join(lines)
+    if args.log:
+        Path(args.log).write_text(log)
+
+    print("\n" + "=" * 78)
+    timings = re.findall(r"Executing notebook using.*?\n.*?Executed notebook in ([\d.]+) seconds", log)
+    for match in re.finditer(r"(\S+?)\.md: Executed notebook in ([\d.]+) seconds", log):
+        print(f"  executed {Path(match.group(1)).name:<28} {float(match.group(2)):8.1f} s")
+    if not timings and "Executed notebook" not in log:
+        for match in re.finditer(r"Executing: (\S+?) in: .*", log):
+            print(f"  executed {Path(match.group(1)).name}")
+    print(f"  whole build: {elapsed:.1f} s (profile {env.get('FMLIB_PROFILE', 'auto')})")
+
+    failed = sorted((build / "html" / "reports").glob("**/*.err.log")) if (build / "html" / "reports").exists() else []
+    warnings = [ln.rstrip() for ln in lines
+                if re.search(r"\b(WARNING|ERROR)\b", ln) and "Kernel is running over TCP" not in ln]
+    if failed:
+        print(f"\nFAILED: {len(failed)} chapter(s) raised an error while executing:")
+        for report in failed:
+            chapter = report.name.removesuffix(".err.log")
+            text = re.sub(r"\x1b\[[0-9;]*m", "", report.read_text(errors="replace"))
+            tail = text.strip().splitlines()[-25:]
+            print(f"\n--- chapter {chapter} ({book.name}/{chapter}.md) ---")
+            print("\n".join("    " + t for t in tail))
+    if warnings:
+        print(f"\n{len(warnings)} warning/error line(s) in the build log (a -W build fails on any):")
+        for w in warnings[:40]:
+            print("    " + re.sub(r"\x1b\[[0-9;]*m", "", w))
+    if code != 0 or failed:
+        print(f"\nBOOK BUILD FAILED (jupyter-book exit code {code}).")
+        return code or 1
+    print("\nBook built: " + str(build / "html" / "index.html"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
