@@ -7,7 +7,8 @@ Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.p
 paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
 samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
 :mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
-:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.symbolic` (sympy checks).
+:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.symbolic` (sympy checks),
+:mod:`~fmlib.zoo` (standard training recipes shared by the chapters).
 """
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ from . import (  # noqa: E402
     solvers,
     symbolic,
     train,
+    zoo,
 )
 
 __all__ = [
@@ -45,4 +47,5 @@ __all__ = [
     "solvers",
     "symbolic",
     "train",
+    "zoo",
 ]

@@ -1,0 +1,165 @@
+"""Standard training recipes shared by the chapters, sized by the profile.
+
+Chapters that need "a flow-matching model of the moons data on the linear path" call the same recipe with
+the same arguments, so the checkpoint cache of :func:`fmlib.train.train` trains it once per build and every
+later chapter reuses it. Each recipe's size comes from :func:`fmlib.runtime.by_profile`; explicit arguments
+override it (and are part of the cache key).
+
+    >>> run = zoo.toy_flow("moons")                       # MLP velocity model, CondOT path
+    >>> run = zoo.toy_flow("moons", scheduler="vp")        # same data, VP path
+    >>> run = zoo.image_flow("digits", parametrization="x0")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from . import losses, models, paths, runtime
+from .train import TrainConfig, TrainResult, train
+
+__all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "image_flow"]
+
+
+@dataclass(frozen=True)
+class ToySize:
+    """Size of a 2-D run: MLP width/depth and training length."""
+
+    hidden: int
+    depth: int
+    steps: int
+    batch_size: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """Size of an image run: U-Net width and training length."""
+
+    base_channels: int
+    channel_mults: tuple[int, ...]
+    steps: int
+    batch_size: int
+    lr: float
+
+
+def toy_size() -> ToySize:
+    """The profile's default 2-D size (quick: seconds on a 2-core CPU; full: a GPU run)."""
+    return runtime.by_profile(
+        quick=ToySize(hidden=128, depth=3, steps=3_000, batch_size=256, lr=2e-3),
+        full=ToySize(hidden=256, depth=4, steps=20_000, batch_size=1024, lr=1e-3),
+    )
+
+
+def image_size(dataset: str = "digits") -> ImageSize:
+    """The profile's default image size for ``digits`` (8×8) or ``mnist`` (28×28)."""
+    if dataset == "digits":
+        return runtime.by_profile(
+            quick=ImageSize(base_channels=32, channel_mults=(1, 2), steps=1_500, batch_size=128, lr=2e-3),
+            full=ImageSize(base_channels=64, channel_mults=(1, 2), steps=20_000, batch_size=256, lr=5e-4),
+        )
+    if dataset == "mnist":
+        return runtime.by_profile(
+            quick=ImageSize(base_channels=32, channel_mults=(1, 2, 2), steps=1_500, batch_size=64, lr=2e-3),
+            full=ImageSize(base_channels=64, channel_mults=(1, 2, 2), steps=30_000, batch_size=128, lr=5e-4),
+        )
+    raise ValueError(f"unknown image dataset {dataset!r}; choose 'digits' or 'mnist'")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def toy_flow(
+    dataset: str,
+    *,
+    scheduler: str = "condot",
+    scheduler_kwargs: dict[str, float] | None = None,
+    parametrization: str = "velocity",
+    size: ToySize | None = None,
+    seed: int = 0,
+    t_max: float = 1.0,
+    progress: bool = True,
+    **overrides: Any,
+) -> TrainResult:
+    """Train (or load) an :class:`fmlib.models.MLP` on the 2-D ``dataset`` with the CFM loss on the affine path
+    of ``scheduler`` and the given ``parametrization``.
+
+    ``overrides`` replace fields of the profile's :class:`ToySize` (``steps=…``, ``hidden=…``). ``t_max < 1``
+    trims the time range, which the x1- and score-parametrizations need (their targets blow up at t = 1).
+    Returns the trainer's :class:`fmlib.train.TrainResult`; ``result.model(x, t)`` is the predicted quantity
+    (convert with ``AffinePath.convert`` for a velocity).
+    """
+    size = replace(size or toy_size(), **overrides)
+    path = paths.AffinePath(paths.get_scheduler(scheduler, **(scheduler_kwargs or {})))
+    runtime.seed_everything(seed)
+    model = models.MLP(dim=2, hidden=size.hidden, depth=size.depth)
+
+    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> torch.Tensor:
+        x1 = data_mod.sample_toy(dataset, batch, generator=g).to(_model_device(m))
+        t = losses.sample_time(batch, generator=g, t_max=t_max).to(x1.device)
+        return losses.conditional_flow_matching_loss(m, path, x1, t=t, parametrization=parametrization, generator=g)
+
+    config = TrainConfig(steps=size.steps, batch_size=size.batch_size, lr=size.lr, seed=seed)
+    key = {"recipe": "toy_flow", "dataset": dataset, "path": path.config(), "parametrization": parametrization,
+           "t_max": t_max}
+    return train(model, loss_fn, config, name=f"toy-{dataset}-{scheduler}-{parametrization}", key=key,
+                 progress=progress)
+
+
+def image_flow(
+    dataset: str = "digits",
+    *,
+    scheduler: str = "condot",
+    scheduler_kwargs: dict[str, float] | None = None,
+    parametrization: str = "velocity",
+    conditional: bool = False,
+    label_dropout: float = 0.1,
+    size: ImageSize | None = None,
+    seed: int = 0,
+    t_max: float = 1.0,
+    progress: bool = True,
+    **overrides: Any,
+) -> TrainResult:
+    """Train (or load) an :class:`fmlib.models.UNet` on ``digits`` or ``mnist`` with the CFM loss.
+
+    With ``conditional=True`` the model takes class labels, replaced by the null label with probability
+    ``label_dropout`` during training (classifier-free guidance). The training split is the first element of
+    ``load_images(dataset).split(0.2, seed=0)``; chapters evaluate against the second.
+    """
+    from .guidance import drop_labels
+
+    size = replace(size or image_size(dataset), **overrides)
+    images = data_mod.load_images(dataset)
+    train_set, _ = images.split(0.2, seed=0)
+    path = paths.AffinePath(paths.get_scheduler(scheduler, **(scheduler_kwargs or {})))
+    runtime.seed_everything(seed)
+    num_classes = images.num_classes if conditional else None
+    model = models.UNet(in_channels=images.images.shape[1], base_channels=size.base_channels,
+                        channel_mults=size.channel_mults, num_classes=num_classes)
+    cache: dict[str, torch.Tensor] = {}
+
+    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> torch.Tensor:
+        device = _model_device(m)
+        if "x" not in cache:  # move the data set to the device once
+            cache["x"], cache["y"] = train_set.images.to(device), train_set.labels.to(device)
+        idx = torch.randint(0, cache["x"].shape[0], (batch,), generator=g).to(device)
+        x1 = cache["x"][idx]
+        t = losses.sample_time(batch, generator=g, t_max=t_max).to(device)
+        y = None
+        if conditional:
+            y = drop_labels(cache["y"][idx].cpu(), p=label_dropout, null_label=model.null_label, generator=g).to(device)
+        return losses.conditional_flow_matching_loss(m, path, x1, t=t, y=y, parametrization=parametrization,
+                                                     generator=g)
+
+    config = TrainConfig(steps=size.steps, batch_size=size.batch_size, lr=size.lr, seed=seed,
+                         warmup_steps=min(200, size.steps // 10), lr_schedule="cosine")
+    key = {"recipe": "image_flow", "dataset": images.name, "path": path.config(),
+           "parametrization": parametrization, "conditional": conditional, "label_dropout": label_dropout,
+           "t_max": t_max}
+    return train(model, loss_fn, config, name=f"img-{dataset}-{scheduler}-{parametrization}", key=key,
+                 progress=progress)
