@@ -299,7 +299,7 @@ def _integrate_dopri5(field: StateField, state: State, *, t_start: float, t_end:
 
     def func(t: Tensor, s: State) -> State:
         evaluations[0] += 1
-        last_t[0] = float(t)
+        last_t[0] = float(t.detach())
         _require_finite(s, f"at evaluation {evaluations[0]} of dopri5 (t = {last_t[0]:.6g})")
         return field(s, _time_batch(t, like, lo, hi))
 
@@ -310,7 +310,10 @@ def _integrate_dopri5(field: StateField, state: State, *, t_start: float, t_end:
         if not solve_times or value != solve_times[-1]:
             solve_times.append(value)
     t_tensor = torch.tensor(solve_times, dtype=like.dtype, device=like.device)
-    options = {"step_t": torch.tensor([t_end], dtype=like.dtype, device=like.device)}
+    # The step-size controller sees detached values: the steps are then constants for autograd and
+    # backpropagating through the solve gives the gradient of the Runge–Kutta scheme on the chosen grid (the
+    # default norm would also differentiate through the step-size choice, a spurious O(1) term).
+    options = {"step_t": torch.tensor([t_end], dtype=like.dtype, device=like.device), "norm": _detached_rms_norm}
     try:
         solution = odeint(func, tuple(state), t_tensor, rtol=rtol, atol=atol, method="dopri5", options=options)
     except AssertionError as error:  # torchdiffeq asserts when the step size underflows (blow-up, stiffness)
@@ -325,6 +328,12 @@ def _integrate_dopri5(field: StateField, state: State, *, t_start: float, t_end:
     position = {value: i for i, value in enumerate(solve_times)}
     recorded = [tuple(component[position[r]] for component in solution) for r in record_times.tolist()]
     return final, record_times, recorded
+
+
+def _detached_rms_norm(state: Tensor | State) -> Tensor:
+    """max over components of the root-mean-square, without autograd history (dopri5's error norm)."""
+    parts = state if isinstance(state, tuple) else (state,)
+    return torch.stack([part.detach().pow(2).mean().sqrt() for part in parts]).max()
 
 
 def _check_velocity_output(v: Tensor, x: Tensor) -> Tensor:

@@ -192,12 +192,13 @@ def test_solvers_keep_the_grad_mode_and_are_differentiable(x_init):
         assert not torch.is_grad_enabled() and not sol.x.requires_grad
     assert torch.is_grad_enabled()
     # d x(1) / d x0 = R(θ(1)): backpropagate through the solve
-    x0 = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
-    out = solve_ode(rotation_field, x0, steps=100, method="rk4").x
-    jac = torch.stack([torch.autograd.grad(out[0, i], x0, retain_graph=True)[0][0] for i in range(2)])
     theta = 1.5
-    assert torch.allclose(jac, torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
-                                            dtype=torch.float64), atol=1e-8)
+    rot = torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+    x0 = torch.randn(1, 2, dtype=torch.float64, requires_grad=True)
+    for method, steps in [("rk4", 100), ("dopri5", None)]:
+        out = solve_ode(rotation_field, x0, steps=steps, method=method, atol=1e-10, rtol=1e-10).x
+        jac = torch.stack([torch.autograd.grad(out[0, i], x0, retain_graph=True)[0][0] for i in range(2)])
+        assert torch.allclose(jac, rot, atol=1e-8), method
 
 
 def test_unknown_method_lists_the_valid_ones(x_init):
