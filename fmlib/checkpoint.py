@@ -9,18 +9,105 @@ can retrain instead of failing.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = ["save_checkpoint", "load_checkpoint"]
+
+_PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def _check_plain(obj: object, where: str = "obj") -> None:
+    """Raise ``TypeError`` naming the first entry of ``obj`` that ``weights_only`` loading would refuse."""
+    if torch.is_tensor(obj) or isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, str | int | float | bool | type(None)):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}; keys must be str or numbers")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}; a checkpoint holds only tensors, numbers, strings, "
+                    "None and lists/tuples/dicts of them (convert NumPy arrays with torch.as_tensor)")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush the folder entry of a rename to disk where the platform allows it (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write ``obj`` (tensors, numbers, strings, lists, dicts) to ``path``; return the path."""
-    raise NotImplementedError
+    """Atomically write ``obj`` (tensors, numbers, strings, lists, dicts) to ``path``; return the path.
+
+    The bytes go to ``<path>.tmp<random>`` in the same folder, are flushed and fsynced, and the file is then
+    renamed over ``path`` with ``os.replace``: readers see either the old file or the complete new one. The
+    folder is created if missing. On any error the temporary file is removed and the old ``path`` (if any)
+    is left as it was.
+
+    Raises:
+        TypeError: ``obj`` is not a dict, or holds something ``weights_only`` loading would refuse (the
+            message names the entry); nothing is written then.
+        OSError: the folder cannot be created or written.
+    """
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"a checkpoint must be a dict, got {type(obj).__name__}")
+    _check_plain(obj)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | None = "cpu") -> dict[str, Any] | None:
     """Load a checkpoint with ``weights_only=True``; ``None`` (with a ``RuntimeWarning``) if the file is
-    missing, truncated or not a checkpoint."""
-    raise NotImplementedError
+    missing, truncated or not a checkpoint.
+
+    ``map_location`` is passed to :func:`torch.load` (``"cpu"`` by default, so a GPU checkpoint loads
+    anywhere). A file holding pickled objects other than tensors and plain containers is refused by
+    ``weights_only`` and also gives ``None``; so does a file whose top level is not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        warnings.warn(f"no checkpoint at {path}", RuntimeWarning, stacklevel=2)
+        return None
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, refused globals, …: all mean "not a checkpoint"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        warnings.warn(f"could not read checkpoint {path} ({type(err).__name__}: {first[:300]})",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    if not isinstance(obj, dict):
+        warnings.warn(f"{path} holds a {type(obj).__name__}, not a checkpoint dict", RuntimeWarning, stacklevel=2)
+        return None
+    return obj
