@@ -6,12 +6,31 @@ The cache key is a hash of: the run's ``name``, the model's class and constructo
 parametrization, …), the fmlib version and a digest of fmlib's source files. A later chapter asking for
 the same run gets the stored weights instead of training again. The cache folder is ``FMLIB_CACHE_DIR``
 (default ``~/.cache/fmlib``); ``FMLIB_CACHE=0`` turns it off. A corrupt cache file is retrained, not fatal.
+
+A training step k = 0, …, steps − 1 is
+
+    loss = loss_fn(model, batch_size, generator)          (under bf16 autocast on CUDA when config.amp)
+    g = ∇loss, clipped to ‖g‖ ≤ grad_clip
+    θ ← AdamW(θ, g, lr_k, weight_decay)                   (lr_k from :func:`learning_rate`)
+    θ̄ ← d_k θ̄ + (1 − d_k) θ                               (:class:`EMA`)
+
+with one CPU ``torch.Generator`` seeded by ``config.seed`` for every random draw of ``loss_fn``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +38,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key"]
+from .checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate"]
 
 LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
 """loss_fn(model, batch_size, generator) -> scalar loss: draws its own batch (on the model's device) and
 returns the loss, e.g. a closure over :func:`fmlib.losses.conditional_flow_matching_loss`."""
 
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (all part of the cache key)."""
+    """Hyper-parameters of one training run (all part of the cache key).
+
+    Raises:
+        ValueError: steps or batch_size < 1, lr ≤ 0, weight_decay < 0, ema_decay outside [0, 1],
+            grad_clip ≤ 0, warmup_steps < 0, unknown lr_schedule, negative seed.
+    """
 
     steps: int
     batch_size: int
@@ -41,12 +69,58 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise ValueError(f"TrainConfig.warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ValueError(f"TrainConfig.seed must be a non-negative int, got {self.seed!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be ≥ 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must lie in [0, 1], got {self.ema_decay!r}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"TrainConfig.grad_clip must be None or a positive number, got {self.grad_clip!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of step k = ``step`` (0-based).
+
+    Linear warm-up over W = ``warmup_steps``: lr_k = lr · (k + 1) / W for k < W. After it, ``constant`` keeps
+    lr_k = lr and ``cosine`` decays lr_k = lr · ½ (1 + cos(π p)) with p = (k − W) / (S − W), S = ``steps``
+    (p runs from 0 at the first post-warm-up step towards 1 at the end).
+
+    Raises:
+        ValueError: ``step`` < 0.
+    """
+    if step < 0:
+        raise ValueError(f"step must be ≥ 0, got {step}")
+    w = config.warmup_steps
+    if step < w:
+        return config.lr * (step + 1) / w
+    if config.lr_schedule == "cosine":
+        p = min((step - w) / max(config.steps - w, 1), 1.0)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * p))
+    return config.lr
+
 
 @dataclass
 class TrainResult:
     """``model``: the EMA model (eval mode, on the training device); ``raw_model``: the last iterate;
     ``losses`` [steps]: the per-step training loss; ``seconds``: wall-clock of training (0 when cached);
-    ``from_cache``; ``key``: the cache key; ``path``: the checkpoint file (None without cache)."""
+    ``from_cache``; ``key``: the cache key; ``path``: the checkpoint file (None without cache).
+
+    ``train_seconds`` is the wall-clock of the training that produced the weights: equal to ``seconds`` for
+    a fresh run, read from the checkpoint for a cached one (so :attr:`steps_per_second` is meaningful for
+    both). ``raw_model`` is in eval mode too (call ``.train()`` to train it further).
+    """
 
     model: nn.Module
     raw_model: nn.Module
@@ -55,33 +129,190 @@ class TrainResult:
     from_cache: bool
     key: str
     path: Path | None
+    train_seconds: float = field(default=float("nan"))
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.train_seconds):
+            self.train_seconds = float(self.seconds)
 
     @property
     def steps_per_second(self) -> float:
-        raise NotImplementedError
+        """len(losses) / train_seconds: optimizer steps per second of the training run (NaN if unknown)."""
+        if not self.train_seconds > 0:
+            return float("nan")
+        return len(self.losses) / self.train_seconds
 
 
 class EMA:
-    """Exponential moving average of parameters: θ̄ ← d θ̄ + (1 − d) θ, with warm-up d_k = min(d, (1 + k)/(10 + k))."""
+    """Exponential moving average of parameters: θ̄ ← d θ̄ + (1 − d) θ, with warm-up d_k = min(d, (1 + k)/(10 + k)).
+
+    k = 0, 1, … counts the calls of :meth:`update` (the first update uses d_0 = min(d, 0.1), so θ̄ forgets
+    the initial weights quickly). θ̄ starts as a float32 copy of the parameters; buffers (e.g. BatchNorm
+    statistics) are copied, not averaged. ``decay=0`` makes θ̄ the last iterate.
+
+    Raises:
+        ValueError: decay outside [0, 1].
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        raise NotImplementedError
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must lie in [0, 1], got {decay!r}")
+        self.decay = float(decay)
+        self.num_updates = 0
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow: list[Tensor] = [p.detach().float().clone() for p in self._params]
+        self.buffers: list[Tensor] = [b.detach().clone() for b in model.buffers()]
 
+    def current_decay(self) -> float:
+        """d_k = min(d, (1 + k)/(10 + k)) for the next update, k = :attr:`num_updates`."""
+        k = self.num_updates
+        return min(self.decay, (1.0 + k) / (10.0 + k))
+
+    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        raise NotImplementedError
+        """θ̄ ← d_k θ̄ + (1 − d_k) θ for the trainable parameters of ``model`` (the model the EMA was built on,
+        or one with the same parameters in the same order); buffers are copied.
 
+        Raises:
+            ValueError: ``model`` has a different number of trainable parameters.
+        """
+        params = [p for p in model.parameters() if p.requires_grad]
+        if len(params) != len(self.shadow):
+            raise ValueError(f"EMA tracks {len(self.shadow)} parameters, the model has {len(params)}")
+        d = self.current_decay()
+        current = [p.detach().float() for p in params]
+        torch._foreach_lerp_(self.shadow, current, 1.0 - d)
+        for mine, theirs in zip(self.buffers, model.buffers()):
+            mine.copy_(theirs)
+        self.num_updates += 1
+
+    @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
-        raise NotImplementedError
+        """Write θ̄ (cast to each parameter's dtype) and the stored buffers into ``model``.
+
+        Raises:
+            ValueError: ``model`` does not have the tracked parameters' count or shapes.
+        """
+        params = [p for p in model.parameters() if p.requires_grad]
+        if len(params) != len(self.shadow) or any(p.shape != s.shape for p, s in zip(params, self.shadow)):
+            raise ValueError("copy_to needs a model with the same trainable parameters as the one the EMA tracks")
+        for p, s in zip(params, self.shadow):
+            p.copy_(s)
+        for b, mine in zip(model.buffers(), self.buffers):
+            b.copy_(mine)
 
 
 def cache_dir() -> Path:
     """The checkpoint-cache folder (``FMLIB_CACHE_DIR`` or ``~/.cache/fmlib``), created if missing."""
-    raise NotImplementedError
+    env = os.environ.get("FMLIB_CACHE_DIR", "").strip()
+    folder = Path(env).expanduser() if env else Path.home() / ".cache" / "fmlib"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _source_digest() -> str:
+    """sha256 over the names and bytes of fmlib's ``*.py`` files (sorted), so any library change retrains."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _json_default(obj: object) -> object:
+    """JSON form of the values a key dict may hold beyond JSON's own: NumPy/torch numbers and small arrays,
+    paths, sets, dtypes and devices. Anything else raises, since ``repr`` could embed a memory address."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray) or torch.is_tensor(obj):
+        return {"array": np.asarray(obj.detach().cpu() if torch.is_tensor(obj) else obj).tolist()}
+    if isinstance(obj, Path | torch.dtype | torch.device):
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    raise TypeError(f"cache key values must be JSON-like (numbers, strings, lists, dicts), got "
+                    f"{type(obj).__name__}: describe it by its settings instead")
 
 
 def cache_key(name: str, model: nn.Module, config: TrainConfig, key: Mapping[str, Any] | None = None) -> str:
-    """A hex digest identifying a run (see the module docstring)."""
-    raise NotImplementedError
+    """A hex digest identifying a run (see the module docstring).
+
+    sha256 of the JSON (sorted keys) of {name, model class, repr(model), parameter names and shapes,
+    asdict(config), key, fmlib.__version__, digest of fmlib's *.py files}. The model's *values* are not
+    hashed: its initial weights must follow from the seed the caller used (see :func:`train`).
+
+    Raises:
+        TypeError: ``key`` holds a value that has no stable JSON form.
+    """
+    from . import __version__
+
+    model_class = type(model)
+    payload = {
+        "name": name,
+        "model_class": f"{model_class.__module__}.{model_class.__qualname__}",
+        "model_repr": repr(model),
+        "parameter_shapes": [[n, list(p.shape)] for n, p in model.named_parameters()],
+        "config": asdict(config),
+        "key": dict(key or {}),
+        "fmlib_version": __version__,
+        "fmlib_source": _source_digest(),
+    }
+    text = json.dumps(payload, sort_keys=True, default=_json_default, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cache_file(name: str, key: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    return cache_dir() / f"{safe[:80]}-{key[:16]}.pt"
+
+
+def _progress_enabled(progress: bool) -> bool:
+    return progress and os.environ.get("FMLIB_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cache_enabled(cache: bool) -> bool:
+    return cache and os.environ.get("FMLIB_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _load_cached(model: nn.Module, path: Path, key: str) -> tuple[nn.Module, np.ndarray, float] | None:
+    """(EMA model, losses, training seconds) from the checkpoint at ``path``, with the raw weights loaded into
+    ``model``; None with a RuntimeWarning when the file is unreadable, for another key, or does not fit."""
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        return None
+    try:
+        if ckpt.get("key") != key:
+            raise ValueError(f"it stores key {str(ckpt.get('key'))[:16]}…, not {key[:16]}…")
+        ema_model = copy.deepcopy(model)
+        model.load_state_dict(ckpt["raw"])
+        ema_model.load_state_dict(ckpt["ema"])
+        losses = np.asarray(ckpt["losses"].numpy(), dtype=np.float64)
+        seconds = float(ckpt["seconds"])
+    except Exception as err:
+        warnings.warn(f"cached checkpoint {path} does not fit this run ({type(err).__name__}: {err}); retraining",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return ema_model, losses, seconds
+
+
+def _raise_nonfinite(losses: Tensor, first: int, name: str, steps: int) -> None:
+    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …) holds NaN or inf."""
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        raise FloatingPointError(f"training {name!r}: the loss is {losses[i].item()} at step {first + i} of {steps}"
+                                 " (lower the learning rate, check the data and the loss for divisions by ~0)")
+
+
+def _check_loss(loss: object) -> Tensor:
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
+    if not loss.requires_grad:
+        raise ValueError("loss_fn returned a loss that does not depend on the model's parameters (no grad)")
+    return loss.reshape(())
 
 
 def train(
@@ -102,8 +333,128 @@ def train(
     the batch generator is seeded from ``config.seed``. ``key`` must describe everything ``loss_fn`` depends
     on (data, path, parametrization), since functions cannot be hashed.
 
+    ``loss_fn(model, batch_size, generator)`` returns a scalar loss tensor; ``generator`` is one CPU
+    ``torch.Generator`` (seeded by ``config.seed``) shared by all steps: draw on the CPU and move to the
+    model's device, so that runs are reproducible across devices. The step is described in the module
+    docstring. ``model`` itself is trained in place and returned as ``raw_model``; on a cache hit its
+    weights are replaced by the stored last iterate. A progress bar (``tqdm``, on stderr, refreshed at
+    most once a second, smoothed loss in its postfix) shows unless ``progress=False`` or
+    ``FMLIB_PROGRESS=0``. ``cache=False`` or ``FMLIB_CACHE=0`` neither reads nor writes the cache; an
+    unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a failure to write the
+    checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
+    loss is checked for NaN every 50 steps (to avoid a sync per step), on the CPU at every step.
+
+    Returns:
+        :class:`TrainResult` with the EMA model (eval mode), the last iterate, the losses [steps], the
+        wall-clock seconds and the key.
+
     Raises:
         FloatingPointError: the loss becomes NaN or infinite (the message gives the step).
-        ValueError: non-positive steps or batch size, unknown lr_schedule.
+        ValueError: non-positive steps or batch size, unknown lr_schedule (raised by :class:`TrainConfig`);
+            ``loss_fn`` returns something other than a scalar tensor that depends on the parameters.
+        TypeError: ``config`` is not a TrainConfig, or ``key`` holds a value without a stable JSON form.
     """
-    raise NotImplementedError
+    from tqdm import tqdm
+
+    from . import runtime
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError("name must be a non-empty string (it names the run and its cache file)")
+    dev = torch.device(device) if device is not None else runtime.get_device()
+    model.to(dev)
+    run_key = cache_key(name, model, config, key)
+    path = _cache_file(name, run_key) if _cache_enabled(cache) else None
+    show = _progress_enabled(progress)
+
+    if path is not None and path.exists():
+        loaded = _load_cached(model, path, run_key)
+        if loaded is not None:
+            ema_model, losses, train_seconds = loaded
+            if show:
+                print(f"{name}: loaded from the cache ({len(losses)} steps, trained in {train_seconds:.1f} s)",
+                      file=sys.stderr)
+            return TrainResult(model=ema_model.eval(), raw_model=model.eval(), losses=losses, seconds=0.0,
+                               from_cache=True, key=run_key, path=path, train_seconds=train_seconds)
+
+    steps = config.steps
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=learning_rate(config, 0), weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay)
+    use_amp = config.amp and dev.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    check_every = 1 if dev.type == "cpu" else 50
+    losses = torch.empty(steps, dtype=torch.float32, device=dev)
+    smoothed: float | None = None
+    checked = 0
+    last_postfix = 0.0
+
+    bar = tqdm(total=steps, desc=name, file=sys.stderr, mininterval=1.0, disable=not show, dynamic_ncols=True,
+               unit="step")
+    start = time.perf_counter()
+    try:
+        for step in range(steps):
+            lr = learning_rate(config, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast():
+                loss = loss_fn(model, config.batch_size, generator)
+            loss = _check_loss(loss) if step == 0 else loss.reshape(())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            ema.update(model)
+            losses[step] = loss.detach().float()
+            if (step + 1) % check_every == 0 or step + 1 == steps:
+                recent = losses[checked:step + 1].cpu()
+                _raise_nonfinite(recent, checked, name, steps)
+                for value in recent.tolist():
+                    smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+                bar.update(step + 1 - checked)
+                checked = step + 1
+                now = time.perf_counter()
+                if show and (now - last_postfix >= 1.0 or checked == steps):
+                    bar.set_postfix(loss=f"{smoothed:.4g}", lr=f"{lr:.2g}", refresh=False)
+                    last_postfix = now
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - start
+    finally:
+        bar.close()
+
+    ema_model = copy.deepcopy(model)
+    ema.copy_to(ema_model)
+    model.eval()
+    ema_model.eval()
+    losses_np = losses.cpu().numpy().astype(np.float64)
+    if path is not None:
+        _save_run(path, name=name, key=run_key, model=model, ema_model=ema_model, losses=losses, seconds=seconds,
+                  config=config)
+    return TrainResult(model=ema_model, raw_model=model, losses=losses_np, seconds=seconds, from_cache=False,
+                       key=run_key, path=path)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _save_run(path: Path, *, name: str, key: str, model: nn.Module, ema_model: nn.Module, losses: Tensor,
+              seconds: float, config: TrainConfig) -> None:
+    """Write the run's checkpoint; a failure (disk full, read-only folder) warns instead of raising."""
+    from . import __version__
+
+    ckpt = {"key": key, "name": name, "raw": _cpu_state(model), "ema": _cpu_state(ema_model),
+            "losses": losses.detach().cpu(), "seconds": float(seconds), "config": asdict(config),
+            "fmlib_version": __version__}
+    try:
+        save_checkpoint(ckpt, path)
+    except (OSError, TypeError) as err:
+        warnings.warn(f"could not write the checkpoint {path} ({type(err).__name__}: {err}); the run is not cached",
+                      RuntimeWarning, stacklevel=3)
