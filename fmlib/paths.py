@@ -25,10 +25,16 @@ the functions raise instead of returning inf/NaN there.
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
+
+from ._checks import as_time, check_batched, check_choice, check_same_shape, check_unit_interval, expand_like
 
 __all__ = [
     "SchedulerOutput",
@@ -58,30 +64,72 @@ class SchedulerOutput:
     d_sigma: Tensor
 
 
+def _real_param(value: object, name: str) -> float:
+    """``value`` as a finite Python float, or ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _time_tensor(t: float | Tensor) -> Tensor:
+    """``t`` as a floating tensor (any shape; a Python number becomes a 0-d tensor of the default dtype),
+    checked to lie in [0, 1]."""
+    if not torch.is_tensor(t):
+        t = torch.tensor(float(t), dtype=torch.get_default_dtype())
+    elif not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    check_unit_interval(t, name="t")
+    return t
+
+
 class Scheduler(ABC):
     """An affine schedule t ↦ (α_t, σ_t) on [0, 1] with t = 0 noise and t = 1 data.
 
-    Subclasses implement :meth:`__call__`; derivatives are closed-form, not finite differences.
+    Subclasses implement :meth:`_evaluate` (called by :meth:`__call__` after validation) and
+    :meth:`_params`; derivatives are closed-form, not finite differences.
     ``__call__`` raises ``ValueError`` for t outside [0, 1] or NaN.
     """
 
     name: str
 
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        """Evaluate (α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (a number or a tensor of any shape).
+
+        The outputs have the shape, dtype and device of ``t`` (a number gives 0-d tensors of the default dtype).
+
+        Raises:
+            ValueError: NaN or a value outside [0, 1].
+        """
+        return self._evaluate(_time_tensor(t))
+
     @abstractmethod
-    def __call__(self, t: Tensor) -> SchedulerOutput:
-        """Evaluate (α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape)."""
+    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+        """(α_t, σ_t, α'_t, σ'_t) at validated times ``t``."""
 
-    def snr(self, t: Tensor) -> Tensor:
-        """Signal-to-noise ratio α_t² / σ_t² (inf where σ_t = 0)."""
-        raise NotImplementedError
+    @abstractmethod
+    def _params(self) -> dict[str, float]:
+        """The constructor's keyword parameters as Python floats."""
 
-    def log_snr(self, t: Tensor) -> Tensor:
-        """λ_t = log(α_t² / σ_t²)."""
-        raise NotImplementedError
+    def snr(self, t: float | Tensor) -> Tensor:
+        """Signal-to-noise ratio α_t² / σ_t² (inf where σ_t = 0), shape of ``t``."""
+        out = self(t)
+        return out.alpha.square() / out.sigma.square()
+
+    def log_snr(self, t: float | Tensor) -> Tensor:
+        """λ_t = log(α_t² / σ_t²) = 2 log α_t − 2 log σ_t (−inf where α_t = 0, +inf where σ_t = 0), shape of ``t``."""
+        out = self(t)
+        return 2.0 * (torch.log(out.alpha) - torch.log(out.sigma))
 
     def config(self) -> dict:
-        """A JSON-serialisable description (name and parameters), used in checkpoint-cache keys."""
-        raise NotImplementedError
+        """A JSON-serialisable description (name and parameters), used in checkpoint-cache keys.
+
+        Example: ``{"name": "condot", "sigma_min": 0.0}``; ``get_scheduler(**config)`` rebuilds the scheduler.
+        """
+        return {"name": self.name, **self._params()}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({params})"
 
 
 class CondOTScheduler(Scheduler):
@@ -89,15 +137,23 @@ class CondOTScheduler(Scheduler):
 
     With σ_min = 0 this is the straight line x_t = t x1 + (1 − t) x0 (rectified flow). With σ_min > 0 it is
     Lipman et al.'s OT path whose conditional p_1(x | x1) = N(x1, σ_min² I).
+    Derivatives: α'_t = 1, σ'_t = −(1 − σ_min). Requires 0 ≤ σ_min < 1.
     """
 
     name = "condot"
 
     def __init__(self, sigma_min: float = 0.0) -> None:
-        raise NotImplementedError
+        self.sigma_min = _real_param(sigma_min, "sigma_min")
+        if not 0.0 <= self.sigma_min < 1.0:
+            raise ValueError(f"sigma_min must satisfy 0 <= sigma_min < 1, got {sigma_min!r}")
 
-    def __call__(self, t: Tensor) -> SchedulerOutput:
-        raise NotImplementedError
+    def _params(self) -> dict[str, float]:
+        return {"sigma_min": self.sigma_min}
+
+    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+        slope = 1.0 - self.sigma_min
+        return SchedulerOutput(alpha=t.clone(), sigma=1.0 - slope * t, d_alpha=torch.ones_like(t),
+                               d_sigma=torch.full_like(t, -slope))
 
 
 class VPScheduler(Scheduler):
@@ -106,55 +162,101 @@ class VPScheduler(Scheduler):
     With diffusion time s = 1 − t and linear β(s) = β_min + s (β_max − β_min):
     α_t = exp(−½ B(1 − t)), B(s) = ∫_0^s β(r) dr = β_min s + ½ (β_max − β_min) s², σ_t = sqrt(1 − α_t²).
     α_0 = exp(−½ B(1)) is small but not zero, so the source is only approximately N(0, I).
+
+    Derivatives: α'_t = ½ β(1 − t) α_t and σ'_t = −α_t α'_t / σ_t, which is −inf at t = 1 (σ_1 = 0).
+    σ_t is computed as sqrt(−expm1(−B)) so that it keeps its relative accuracy near t = 1.
+    Requires 0 < β_min ≤ β_max.
     """
 
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        raise NotImplementedError
+        self.beta_min = _real_param(beta_min, "beta_min")
+        self.beta_max = _real_param(beta_max, "beta_max")
+        if not 0.0 < self.beta_min <= self.beta_max:
+            raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
 
-    def __call__(self, t: Tensor) -> SchedulerOutput:
-        raise NotImplementedError
+    def _params(self) -> dict[str, float]:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
+
+    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+        s = 1.0 - t
+        spread = self.beta_max - self.beta_min
+        big_b = self.beta_min * s + 0.5 * spread * s * s
+        beta = self.beta_min + spread * s
+        alpha = torch.exp(-0.5 * big_b)
+        sigma = torch.sqrt(-torch.expm1(-big_b))
+        d_alpha = 0.5 * beta * alpha
+        d_sigma = -alpha * d_alpha / sigma
+        return SchedulerOutput(alpha=alpha, sigma=sigma, d_alpha=d_alpha, d_sigma=d_sigma)
 
 
 class VEScheduler(Scheduler):
     """Variance-exploding (SMLD / score-SDE VE) schedule: α_t = 1, σ_t = σ_min (σ_max / σ_min)^(1 − t).
 
     At t = 0 the sample is x1 + σ_max x0, i.e. approximately N(0, σ_max² I) when σ_max dominates the data.
+    Derivatives: α'_t = 0, σ'_t = −log(σ_max / σ_min) σ_t. Requires 0 < σ_min < σ_max.
     """
 
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 10.0) -> None:
-        raise NotImplementedError
+        self.sigma_min = _real_param(sigma_min, "sigma_min")
+        self.sigma_max = _real_param(sigma_max, "sigma_max")
+        if not 0.0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
 
-    def __call__(self, t: Tensor) -> SchedulerOutput:
-        raise NotImplementedError
+    def _params(self) -> dict[str, float]:
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+        log_ratio = math.log(self.sigma_max / self.sigma_min)
+        sigma = self.sigma_min * torch.exp((1.0 - t) * log_ratio)
+        return SchedulerOutput(alpha=torch.ones_like(t), sigma=sigma, d_alpha=torch.zeros_like(t),
+                               d_sigma=-log_ratio * sigma)
 
 
 class CosineScheduler(Scheduler):
-    """Cosine schedule: α_t = sin(π t / 2), σ_t = cos(π t / 2) (variance preserving, exact endpoints)."""
+    """Cosine schedule: α_t = sin(π t / 2), σ_t = cos(π t / 2) (variance preserving, exact endpoints).
+
+    σ_t is evaluated as sin(π (1 − t) / 2), so σ_1 = 0 and α_0 = 0 exactly in floating point;
+    α'_t = (π/2) σ_t, σ'_t = −(π/2) α_t.
+    """
 
     name = "cosine"
 
     def __init__(self) -> None:
-        raise NotImplementedError
+        pass
 
-    def __call__(self, t: Tensor) -> SchedulerOutput:
-        raise NotImplementedError
+    def _params(self) -> dict[str, float]:
+        return {}
+
+    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+        half_pi = 0.5 * math.pi
+        alpha = torch.sin(half_pi * t)
+        sigma = torch.sin(half_pi * (1.0 - t))
+        return SchedulerOutput(alpha=alpha, sigma=sigma, d_alpha=half_pi * sigma, d_sigma=-half_pi * alpha)
 
 
-SCHEDULERS: dict[str, type[Scheduler]] = {}
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.name: cls for cls in (CondOTScheduler, VPScheduler, VEScheduler, CosineScheduler)
+}
 """Name → scheduler class: ``condot``, ``vp``, ``ve``, ``cosine``."""
 
 
 def get_scheduler(name: str, **kwargs: float) -> Scheduler:
     """Build a scheduler by name (``condot``, ``vp``, ``ve``, ``cosine``) with keyword parameters.
 
+    ``get_scheduler(**scheduler.config())`` rebuilds an equal scheduler.
+
     Raises:
         ValueError: unknown name (the message lists the known ones) or bad parameters.
     """
-    raise NotImplementedError
+    cls = SCHEDULERS[check_choice(name, SCHEDULERS, what="scheduler")]
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # unexpected keyword
+        raise ValueError(f"bad parameters {sorted(kwargs)} for scheduler {name!r}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -171,6 +273,41 @@ class PathSample:
     dx_t: Tensor
 
 
+_Coefficients = Callable[[SchedulerOutput], tuple[Tensor, Tensor]]
+
+
+def _conversion_table() -> dict[tuple[str, str], tuple[_Coefficients, str]]:
+    """(source, target) → (coefficients (c_x, c_p) with target = c_x x + c_p pred, the vanishing denominators).
+
+    Every quantity is linear in (x1, x0): velocity = α' x1 + σ' x0, x0, x1, score = −x0/σ. Solving
+    x = α x1 + σ x0 and pred = P(x1, x0) for (x1, x0) and substituting into the target gives these, with
+    d = α'σ − σ'α (the determinant of the velocity/x system).
+    """
+    def d(o: SchedulerOutput) -> Tensor:
+        return o.d_alpha * o.sigma - o.d_sigma * o.alpha
+
+    zero = torch.zeros_like
+    return {
+        ("x1", "velocity"): (lambda o: (o.d_sigma / o.sigma, d(o) / o.sigma), "σ_t"),
+        ("x0", "velocity"): (lambda o: (o.d_alpha / o.alpha, -d(o) / o.alpha), "α_t"),
+        ("score", "velocity"): (lambda o: (o.d_alpha / o.alpha, o.sigma * d(o) / o.alpha), "α_t"),
+        ("velocity", "x1"): (lambda o: (-o.d_sigma / d(o), o.sigma / d(o)), "α'_t σ_t − σ'_t α_t"),
+        ("velocity", "x0"): (lambda o: (o.d_alpha / d(o), -o.alpha / d(o)), "α'_t σ_t − σ'_t α_t"),
+        ("velocity", "score"): (lambda o: (-o.d_alpha / (o.sigma * d(o)), o.alpha / (o.sigma * d(o))),
+                                "σ_t (α'_t σ_t − σ'_t α_t)"),
+        ("x1", "x0"): (lambda o: (1.0 / o.sigma, -o.alpha / o.sigma), "σ_t"),
+        ("x0", "x1"): (lambda o: (1.0 / o.alpha, -o.sigma / o.alpha), "α_t"),
+        ("x1", "score"): (lambda o: (-1.0 / o.sigma.square(), o.alpha / o.sigma.square()), "σ_t²"),
+        ("x0", "score"): (lambda o: (zero(o.sigma), -1.0 / o.sigma), "σ_t"),
+        ("score", "x0"): (lambda o: (zero(o.sigma), -o.sigma), "nothing"),
+        ("score", "x1"): (lambda o: (1.0 / o.alpha, o.sigma.square() / o.alpha), "α_t"),
+    }
+
+
+_CONVERSIONS = _conversion_table()
+_CANONICAL = {"velocity": "velocity", "x0": "x0", "epsilon": "x0", "x1": "x1", "score": "score"}
+
+
 class AffinePath:
     """The affine path x_t = α_t x1 + σ_t x0 of a :class:`Scheduler`, with parametrization conversions.
 
@@ -180,68 +317,148 @@ class AffinePath:
     """
 
     def __init__(self, scheduler: Scheduler) -> None:
-        raise NotImplementedError
+        if not isinstance(scheduler, Scheduler):
+            raise TypeError(f"scheduler must be a fmlib.paths.Scheduler, got {type(scheduler).__name__}")
+        self.scheduler = scheduler
+
+    def __repr__(self) -> str:
+        return f"AffinePath({self.scheduler!r})"
+
+    def _schedule(self, x: Tensor, t: float | Tensor, *, name: str = "x") -> tuple[Tensor, SchedulerOutput]:
+        """Validated times [B] for ``x`` [B, ...] and the scheduler evaluated there."""
+        check_batched(x, name=name, min_dim=1)
+        t = as_time(t, x.shape[0], like=x)
+        return t, self.scheduler(t)
+
+    def _raise_if_singular(self, t: Tensor, coefficients: tuple[Tensor, ...], what: str, why: str) -> None:
+        finite = torch.ones_like(t, dtype=torch.bool)
+        for c in coefficients:
+            finite &= torch.isfinite(c)
+        if not bool(finite.all()):
+            bad = torch.unique(t[~finite].detach())
+            shown = ", ".join(f"{v:.6g}" for v in bad[:5].tolist()) + (", ..." if bad.numel() > 5 else "")
+            raise ValueError(f"{what} is singular for {self.scheduler!r} at t = {shown} ({why})")
 
     def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor) -> PathSample:
-        """Return x_t = α_t x1 + σ_t x0 and dx_t = α'_t x1 + σ'_t x0. ``x0`` and ``x1`` must have equal shapes."""
-        raise NotImplementedError
+        """Return x_t = α_t x1 + σ_t x0 and dx_t = α'_t x1 + σ'_t x0. ``x0`` and ``x1`` must have equal shapes.
+
+        Shapes: x0, x1 [B, ...]; t a number, 0-d or [B] → a :class:`PathSample` with t [B].
+
+        Raises:
+            ValueError: shape mismatch, bad t, or a non-finite α'_t, σ'_t (VP at t = 1).
+        """
+        check_batched(x1, name="x1", min_dim=1)
+        check_same_shape(x0=x0, x1=x1)
+        t, o = self._schedule(x1, t, name="x1")
+        self._raise_if_singular(t, (o.d_alpha, o.d_sigma), "the conditional velocity dx_t",
+                                "α'_t or σ'_t is infinite there")
+        a, s, da, ds = (expand_like(c, x1) for c in (o.alpha, o.sigma, o.d_alpha, o.d_sigma))
+        return PathSample(t=t, x0=x0, x1=x1, x_t=a * x1 + s * x0, dx_t=da * x1 + ds * x0)
+
+    def _convert(self, pred: Tensor, x: Tensor, t: float | Tensor, source: str, target: str,
+                 *, what: str | None = None) -> Tensor:
+        """target = c_x(t) x + c_p(t) pred with the coefficients of :func:`_conversion_table`."""
+        check_batched(x, name="x", min_dim=1)
+        check_same_shape(x=x, pred=pred)
+        t, o = self._schedule(x, t)
+        source, target = _CANONICAL[source], _CANONICAL[target]
+        if source == target:
+            return pred
+        coefficients, denominator = _CONVERSIONS[(source, target)]
+        c_x, c_p = coefficients(o)
+        self._raise_if_singular(t, (c_x, c_p), what or f"the conversion {source} → {target}",
+                                f"its formula divides by {denominator}, which vanishes or is undefined there")
+        return expand_like(c_x, x) * x + expand_like(c_p, x) * pred
 
     def conditional_velocity(self, x: Tensor, x1: Tensor, t: float | Tensor) -> Tensor:
         """u_t(x | x1) = (σ'_t/σ_t)(x − α_t x1) + α'_t x1 — the velocity of the Gaussian conditional path at any x.
 
         Equals ``sample(x0, x1, t).dx_t`` when x = x_t. Singular at σ_t = 0.
+        Shapes: x, x1 [B, ...] → [B, ...].
         """
-        raise NotImplementedError
+        return self._convert(x1, x, t, "x1", "velocity", what="the conditional velocity u_t(x | x1)")
 
     def velocity_from_x1(self, x: Tensor, x1_pred: Tensor, t: float | Tensor) -> Tensor:
-        """v = (σ'/σ) x + (α' − σ' α/σ) x̂1."""
-        raise NotImplementedError
+        """v = (σ'/σ) x + (α' − σ' α/σ) x̂1. Singular at σ_t = 0. Shapes: [B, ...] → [B, ...]."""
+        return self._convert(x1_pred, x, t, "x1", "velocity")
 
     def velocity_from_x0(self, x: Tensor, x0_pred: Tensor, t: float | Tensor) -> Tensor:
-        """v = (α'/α) x + (σ' − α' σ/α) x̂0 (x0-prediction is ε-prediction for a Gaussian source)."""
-        raise NotImplementedError
+        """v = (α'/α) x + (σ' − α' σ/α) x̂0 (x0-prediction is ε-prediction for a Gaussian source).
+
+        Singular at α_t = 0. Shapes: [B, ...] → [B, ...].
+        """
+        return self._convert(x0_pred, x, t, "x0", "velocity")
 
     def x1_from_velocity(self, x: Tensor, v: Tensor, t: float | Tensor) -> Tensor:
-        """x̂1 = (σ v − σ' x) / (α' σ − σ' α)."""
-        raise NotImplementedError
+        """x̂1 = (σ v − σ' x) / (α' σ − σ' α). Shapes: [B, ...] → [B, ...]."""
+        return self._convert(v, x, t, "velocity", "x1")
 
     def x0_from_velocity(self, x: Tensor, v: Tensor, t: float | Tensor) -> Tensor:
-        """x̂0 = (α v − α' x) / (σ' α − α' σ)."""
-        raise NotImplementedError
+        """x̂0 = (α v − α' x) / (σ' α − α' σ). Shapes: [B, ...] → [B, ...]."""
+        return self._convert(v, x, t, "velocity", "x0")
 
     def x0_from_x1(self, x: Tensor, x1_pred: Tensor, t: float | Tensor) -> Tensor:
-        """x̂0 = (x − α x̂1) / σ."""
-        raise NotImplementedError
+        """x̂0 = (x − α x̂1) / σ. Singular at σ_t = 0. Shapes: [B, ...] → [B, ...]."""
+        return self._convert(x1_pred, x, t, "x1", "x0")
 
     def x1_from_x0(self, x: Tensor, x0_pred: Tensor, t: float | Tensor) -> Tensor:
-        """x̂1 = (x − σ x̂0) / α."""
-        raise NotImplementedError
+        """x̂1 = (x − σ x̂0) / α. Singular at α_t = 0. Shapes: [B, ...] → [B, ...]."""
+        return self._convert(x0_pred, x, t, "x0", "x1")
 
     def score_from_x0(self, x: Tensor, x0_pred: Tensor, t: float | Tensor) -> Tensor:
-        """∇ log p_t(x) = −x̂0 / σ_t, valid for a standard Gaussian source independent of the data."""
-        raise NotImplementedError
+        """∇ log p_t(x) = −x̂0 / σ_t, valid for a standard Gaussian source independent of the data.
+
+        Singular at σ_t = 0. Shapes: [B, ...] → [B, ...].
+        """
+        return self._convert(x0_pred, x, t, "x0", "score")
 
     def velocity_from_score(self, x: Tensor, score: Tensor, t: float | Tensor) -> Tensor:
-        """v = (α'/α) x + (σ² α'/α − σ σ') ∇log p_t(x) (Gaussian source)."""
-        raise NotImplementedError
+        """v = (α'/α) x + (σ² α'/α − σ σ') ∇log p_t(x) (Gaussian source). Singular at α_t = 0.
+
+        Shapes: [B, ...] → [B, ...].
+        """
+        return self._convert(score, x, t, "score", "velocity")
 
     def score_from_velocity(self, x: Tensor, v: Tensor, t: float | Tensor) -> Tensor:
-        """Inverse of :meth:`velocity_from_score`."""
-        raise NotImplementedError
+        """Inverse of :meth:`velocity_from_score`: ∇log p_t(x) = (α v − α' x) / (σ (α'σ − σ'α)).
+
+        Singular at σ_t = 0. Shapes: [B, ...] → [B, ...].
+        """
+        return self._convert(v, x, t, "velocity", "score")
 
     def convert(self, pred: Tensor, x: Tensor, t: float | Tensor, *, source: str, target: str) -> Tensor:
         """Convert a prediction between any two of :data:`PARAMETRIZATIONS` (``epsilon`` = ``x0``).
 
+        The result is c_x(t) x + c_p(t) pred (every conversion is linear); ``source == target`` returns
+        ``pred`` itself. Shapes: pred, x [B, ...]; t a number, 0-d or [B] → [B, ...].
+
         Raises:
             ValueError: unknown parametrization names, or a singular conversion at this t.
         """
-        raise NotImplementedError
+        check_choice(source, PARAMETRIZATIONS, what="source parametrization")
+        check_choice(target, PARAMETRIZATIONS, what="target parametrization")
+        return self._convert(pred, x, t, source, target)
 
     def target(self, sample: PathSample, parametrization: str) -> Tensor:
         """The regression target of ``parametrization`` for a path sample: dx_t, x0 (= ε), x1 or the
-        conditional score −x0/σ_t."""
-        raise NotImplementedError
+        conditional score −x0/σ_t. Shape [B, ...].
+
+        Raises:
+            ValueError: unknown parametrization, or the score at σ_t = 0.
+        """
+        name = _CANONICAL[check_choice(parametrization, PARAMETRIZATIONS, what="parametrization")]
+        if name == "velocity":
+            return sample.dx_t
+        if name == "x0":
+            return sample.x0
+        if name == "x1":
+            return sample.x1
+        sigma = self.scheduler(sample.t).sigma
+        scale = -1.0 / sigma
+        self._raise_if_singular(sample.t, (scale,), "the conditional score target −x0/σ_t", "σ_t = 0")
+        return expand_like(scale, sample.x0) * sample.x0
 
     def config(self) -> dict:
-        """JSON-serialisable description (the scheduler's), for cache keys."""
-        raise NotImplementedError
+        """JSON-serialisable description (the scheduler's, e.g. ``{"name": "condot", "sigma_min": 0.0}``),
+        for cache keys."""
+        return self.scheduler.config()
