@@ -71,6 +71,14 @@ def _real_param(value: object, name: str) -> float:
     return float(value)
 
 
+def batch_time(t: float | Tensor, batch: int, *, like: Tensor) -> Tensor:
+    """:func:`fmlib._checks.as_time` (t as a checked [batch] tensor in ``like``'s dtype and device), except that a
+    Python number is converted in ``like``'s dtype directly, so 0.9 stays 0.9 in float64 (not float32's 0.89999998)."""
+    if not torch.is_tensor(t) and torch.is_tensor(like) and like.is_floating_point():
+        t = torch.tensor(float(t), dtype=like.dtype, device=like.device)
+    return as_time(t, batch, like=like)
+
+
 def _time_tensor(t: float | Tensor) -> Tensor:
     """``t`` as a floating tensor (any shape; a Python number becomes a 0-d tensor of the default dtype),
     checked to lie in [0, 1]."""
@@ -327,7 +335,7 @@ class AffinePath:
     def _schedule(self, x: Tensor, t: float | Tensor, *, name: str = "x") -> tuple[Tensor, SchedulerOutput]:
         """Validated times [B] for ``x`` [B, ...] and the scheduler evaluated there."""
         check_batched(x, name=name, min_dim=1)
-        t = as_time(t, x.shape[0], like=x)
+        t = batch_time(t, x.shape[0], like=x)
         return t, self.scheduler(t)
 
     def _raise_if_singular(self, t: Tensor, coefficients: tuple[Tensor, ...], what: str, why: str) -> None:

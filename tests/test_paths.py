@@ -209,6 +209,15 @@ def test_sample_broadcasts_scalar_time_over_image_batches(generator):
         torch.testing.assert_close(sample.x_t, math.sin(0.3 * math.pi / 2) * x1 + math.cos(0.3 * math.pi / 2) * x0)
 
 
+def test_python_float_times_keep_float64_precision():
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    path = make_path("condot", {})
+    assert path.sample(x, x, 0.9).t.tolist() == [0.9] * 3
+    o = path.scheduler(torch.tensor(0.9, dtype=torch.float64))
+    expected = (o.d_sigma / o.sigma).item()
+    assert path.velocity_from_x1(x + 1, x, 0.9)[0, 0].item() == expected
+
+
 def test_sample_rejects_bad_inputs():
     path = make_path("condot", {})
     x = torch.randn(4, 2)
