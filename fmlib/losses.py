@@ -12,22 +12,35 @@ weighting. With the velocity parametrization and w ≡ 1 this is the CFM loss of
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .paths import AffinePath, PathSample
+from ._checks import check_batched, check_choice, check_finite, check_same_shape
+from .paths import PARAMETRIZATIONS, AffinePath, PathSample, batch_time
 
 __all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time"]
 
 TimeWeighting = Callable[[Tensor], Tensor]
 """A function t [B] ↦ w(t) [B] ≥ 0."""
 
+REDUCTIONS: tuple[str, ...] = ("mean", "sum", "none")
+
 
 def per_sample_squared_error(pred: Tensor, target: Tensor) -> Tensor:
-    """‖pred − target‖² / D for each sample: shape [B] from two [B, ...] tensors of equal shape."""
-    raise NotImplementedError
+    """‖pred − target‖² / D for each sample: shape [B] from two [B, ...] tensors of equal shape.
+
+    D is the number of entries of one sample (1 for [B] inputs), so this is a per-sample mean over coordinates.
+
+    Raises:
+        ValueError: different shapes, or no batch axis.
+    """
+    check_batched(pred, name="pred", min_dim=1)
+    check_same_shape(pred=pred, target=target)
+    return (pred - target).square().reshape(pred.shape[0], -1).mean(dim=1)
 
 
 def cfm_loss(
@@ -41,19 +54,65 @@ def cfm_loss(
 ) -> Tensor:
     """The flow-matching loss of a model output ``pred`` [B, ...] against the target of ``parametrization``.
 
+    Per sample ℓ_b = w(t_b) ‖pred_b − target_b‖² / D with target = ``path.target(sample, parametrization)``
+    (dx_t, x0 = ε, x1 or −x0/σ_t) and w ≡ 1 without ``weighting``.
+
     reduction: ``"mean"`` (scalar, mean over the batch), ``"sum"`` or ``"none"`` ([B]).
 
     Raises:
         ValueError: shape mismatch, unknown parametrization or reduction, negative weights.
         FloatingPointError: the loss is NaN or infinite.
     """
-    raise NotImplementedError
+    check_choice(parametrization, PARAMETRIZATIONS, what="parametrization")
+    check_choice(reduction, REDUCTIONS, what="reduction")
+    target = path.target(sample, parametrization)
+    per_sample = per_sample_squared_error(pred, target)
+    if weighting is not None:
+        w = weighting(sample.t)
+        if not torch.is_tensor(w) or tuple(w.shape) != tuple(sample.t.shape):
+            shape = tuple(w.shape) if torch.is_tensor(w) else type(w).__name__
+            raise ValueError(f"weighting must return a tensor of shape {tuple(sample.t.shape)}, got {shape}")
+        if bool((w < 0).any()):
+            raise ValueError("weighting returned negative weights")
+        per_sample = w.to(per_sample.dtype) * per_sample
+    check_finite(per_sample, what=f"the flow-matching loss ({parametrization} parametrization)")
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def _check_time_range(t_min: float, t_max: float) -> tuple[float, float]:
+    for name, value in (("t_min", t_min), ("t_max", t_max)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not 0.0 <= t_min < t_max <= 1.0:
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}")
+    return float(t_min), float(t_max)
+
+
+def _generator_device(generator: torch.Generator | None, device: torch.device | str) -> torch.device:
+    """Where to draw random numbers: the generator's device if there is one, else ``device``."""
+    return generator.device if generator is not None else torch.device(device)
 
 
 def sample_time(batch: int, *, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-                t_min: float = 0.0, t_max: float = 1.0) -> Tensor:
-    """t ~ U[t_min, t_max], shape [batch]. ``0 ≤ t_min < t_max ≤ 1`` (x1- and score-targets need t_max < 1)."""
-    raise NotImplementedError
+                t_min: float = 0.0, t_max: float = 1.0, dtype: torch.dtype | None = None) -> Tensor:
+    """t ~ U[t_min, t_max], shape [batch]. ``0 ≤ t_min < t_max ≤ 1`` (x1- and score-targets need t_max < 1).
+
+    Drawn as t_min + (t_max − t_min) U with U = ``torch.rand`` on the generator's device (so a CPU generator
+    works for any ``device``), then moved to ``device`` in ``dtype`` (default: the default dtype).
+
+    Raises:
+        ValueError: batch not a positive int, or a bad time range.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    t_min, t_max = _check_time_range(t_min, t_max)
+    dtype = dtype or torch.get_default_dtype()
+    u = torch.rand(int(batch), generator=generator, device=_generator_device(generator, device), dtype=dtype)
+    return (t_min + (t_max - t_min) * u).clamp(t_min, t_max).to(device)
 
 
 def conditional_flow_matching_loss(
@@ -73,5 +132,24 @@ def conditional_flow_matching_loss(
     ``model(x_t, t)`` (or ``model(x_t, t, y)`` when ``y`` is given) and return :func:`cfm_loss`.
 
     This is the one training loss every chapter uses.
+
+    Shapes: x1, x0 [B, ...]; t a number, 0-d or [B]; y [B] (passed through untouched). The model is called with
+    x_t [B, ...] and t [B] in x1's dtype and device. Random draws use ``generator`` on its own device (t first,
+    then x0) and are moved to x1's device.
+
+    Raises:
+        ValueError: shape mismatch, bad t, unknown parametrization or reduction, negative weights.
+        FloatingPointError: the loss is NaN or infinite.
     """
-    raise NotImplementedError
+    check_batched(x1, name="x1", min_dim=1)
+    batch = x1.shape[0]
+    if t is None:
+        t = sample_time(batch, generator=generator, device=x1.device, dtype=x1.dtype)
+    else:
+        t = batch_time(t, batch, like=x1)
+    if x0 is None:
+        x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype,
+                         device=_generator_device(generator, x1.device)).to(x1.device)
+    sample = path.sample(x0, x1, t)
+    pred = model(sample.x_t, sample.t) if y is None else model(sample.x_t, sample.t, y)
+    return cfm_loss(pred, sample, path, parametrization=parametrization, weighting=weighting, reduction=reduction)

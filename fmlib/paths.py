@@ -462,9 +462,8 @@ class AffinePath:
         if name == "x1":
             return sample.x1
         sigma = self.scheduler(sample.t).sigma
-        scale = -1.0 / sigma
-        self._raise_if_singular(sample.t, (scale,), "the conditional score target −x0/σ_t", "σ_t = 0")
-        return expand_like(scale, sample.x0) * sample.x0
+        self._raise_if_singular(sample.t, (1.0 / sigma,), "the conditional score target −x0/σ_t", "σ_t = 0")
+        return -sample.x0 / expand_like(sigma, sample.x0)
 
     def config(self) -> dict:
         """JSON-serialisable description (the scheduler's, e.g. ``{"name": "condot", "sigma_min": 0.0}``),
