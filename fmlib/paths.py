@@ -93,13 +93,14 @@ def _time_tensor(t: float | Tensor) -> Tensor:
 class Scheduler(ABC):
     """An affine schedule t ↦ (α_t, σ_t) on [0, 1] with t = 0 noise and t = 1 data.
 
-    Subclasses implement :meth:`_evaluate` (called by :meth:`__call__` after validation) and
-    :meth:`_params`; derivatives are closed-form, not finite differences.
+    Subclasses implement :meth:`__call__` (validating ``t`` first) and, if they take parameters,
+    :meth:`_params` (used by :meth:`config` and ``repr``); derivatives are closed-form, not finite differences.
     ``__call__`` raises ``ValueError`` for t outside [0, 1] or NaN.
     """
 
     name: str
 
+    @abstractmethod
     def __call__(self, t: float | Tensor) -> SchedulerOutput:
         """Evaluate (α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (a number or a tensor of any shape).
 
@@ -108,15 +109,10 @@ class Scheduler(ABC):
         Raises:
             ValueError: NaN or a value outside [0, 1].
         """
-        return self._evaluate(_time_tensor(t))
 
-    @abstractmethod
-    def _evaluate(self, t: Tensor) -> SchedulerOutput:
-        """(α_t, σ_t, α'_t, σ'_t) at validated times ``t``."""
-
-    @abstractmethod
     def _params(self) -> dict[str, float]:
-        """The constructor's keyword parameters as Python floats."""
+        """The constructor's keyword parameters as Python floats (none by default)."""
+        return {}
 
     def snr(self, t: float | Tensor) -> Tensor:
         """Signal-to-noise ratio α_t² / σ_t² (inf where σ_t = 0), shape of ``t``."""
@@ -133,7 +129,7 @@ class Scheduler(ABC):
 
         Example: ``{"name": "condot", "sigma_min": 0.0}``; ``get_scheduler(**config)`` rebuilds the scheduler.
         """
-        return {"name": self.name, **self._params()}
+        return {"name": getattr(self, "name", type(self).__name__), **self._params()}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -158,7 +154,9 @@ class CondOTScheduler(Scheduler):
     def _params(self) -> dict[str, float]:
         return {"sigma_min": self.sigma_min}
 
-    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
+        t = _time_tensor(t)
         slope = 1.0 - self.sigma_min
         return SchedulerOutput(alpha=t.clone(), sigma=1.0 - slope * t, d_alpha=torch.ones_like(t),
                                d_sigma=torch.full_like(t, -slope))
@@ -187,7 +185,9 @@ class VPScheduler(Scheduler):
     def _params(self) -> dict[str, float]:
         return {"beta_min": self.beta_min, "beta_max": self.beta_max}
 
-    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
+        t = _time_tensor(t)
         s = 1.0 - t
         spread = self.beta_max - self.beta_min
         big_b = self.beta_min * s + 0.5 * spread * s * s
@@ -217,7 +217,9 @@ class VEScheduler(Scheduler):
     def _params(self) -> dict[str, float]:
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
-    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
+        t = _time_tensor(t)
         log_ratio = math.log(self.sigma_max / self.sigma_min)
         sigma = self.sigma_min * torch.exp((1.0 - t) * log_ratio)
         return SchedulerOutput(alpha=torch.ones_like(t), sigma=sigma, d_alpha=torch.zeros_like(t),
@@ -236,10 +238,9 @@ class CosineScheduler(Scheduler):
     def __init__(self) -> None:
         pass
 
-    def _params(self) -> dict[str, float]:
-        return {}
-
-    def _evaluate(self, t: Tensor) -> SchedulerOutput:
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
+        t = _time_tensor(t)
         half_pi = 0.5 * math.pi
         alpha = torch.sin(half_pi * t)
         sigma = torch.sin(half_pi * (1.0 - t))
