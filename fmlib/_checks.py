@@ -16,9 +16,10 @@ def as_time(t: float | Tensor, batch: int, *, like: Tensor, name: str = "t") -> 
     Raises:
         ValueError: wrong shape, NaN, or a value outside [0, 1].
     """
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
     if not torch.is_tensor(t):
-        t = torch.tensor(float(t))
-    t = t.to(device=like.device, dtype=like.dtype if like.is_floating_point() else torch.float32)
+        t = torch.tensor(float(t), dtype=dtype, device=like.device)  # no detour through float32
+    t = t.to(device=like.device, dtype=dtype)
     if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
         t = t.reshape(1).expand(batch)
     if t.dim() != 1 or t.shape[0] != batch:
