@@ -90,7 +90,9 @@ def toy_flow(
     of ``scheduler`` and the given ``parametrization``.
 
     ``overrides`` replace fields of the profile's :class:`ToySize` (``steps=…``, ``hidden=…``). ``t_max < 1``
-    trims the time range, which the x1- and score-parametrizations need (their targets blow up at t = 1).
+    trims the time range of training. The score parametrization needs it when σ_1 = 0: its target −x0/σ_t blows
+    up at t = 1. The x0-, x1- and ε-targets are finite everywhere; what is singular for them is the *conversion*
+    to a velocity (x1 at t = 1 when σ_1 = 0, x0 and ε where α_t = 0), which the sampler, not the loss, meets.
     Returns the trainer's :class:`fmlib.train.TrainResult`; ``result.model(x, t)`` is the predicted quantity
     (convert with ``AffinePath.convert`` for a velocity).
     """
