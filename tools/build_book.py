@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         env["FMLIB_PROFILE"] = args.profile
     if args.fresh_cache:
         env["FMLIB_CACHE_DIR"] = str(build / "fmlib-cache")
-    env.setdefault("MPLBACKEND", "Agg")
+    # the kernel must draw figures into the page: an inherited MPLBACKEND=Agg would silently drop them
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
@@ -100,11 +101,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(warnings)} warning/error line(s) in the build log (a -W build fails on any):")
         for w in warnings[:40]:
             print("    " + re.sub(r"\x1b\[[0-9;]*m", "", w))
-    if code != 0 or failed:
+    missing = missing_figures(book, build / "html")
+    if missing:
+        print("\nFAILED: these chapters call plt.show() but their pages hold no figure "
+              "(is MPLBACKEND set to a non-inline backend?): " + ", ".join(missing))
+    if code != 0 or failed or missing:
         print(f"\nBOOK BUILD FAILED (jupyter-book exit code {code}).")
         return code or 1
     print("\nBook built: " + str(build / "html" / "index.html"))
     return 0
+
+
+def missing_figures(book: Path, html: Path) -> list[str]:
+    """Chapters whose source shows a matplotlib figure but whose built page contains no image."""
+    missing = []
+    for md in sorted(book.glob("*.md")):
+        page = html / (md.stem + ".html")
+        if "plt.show()" in md.read_text() and page.exists() and "<img" not in page.read_text(errors="replace"):
+            missing.append(md.stem)
+    return missing
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     md = Path(args.chapter).resolve()
     if args.profile:
         os.environ["FMLIB_PROFILE"] = args.profile
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures go into the outputs
     nb = jupytext.read(md)
     client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(md.parent)}})
