@@ -319,3 +319,47 @@ def test_train_feature_classifier_validates():
         metrics.train_feature_classifier(torch.zeros(20, 1, 8, 8), torch.zeros(19, dtype=torch.long), name="x")
     with pytest.raises(ValueError, match="square"):
         metrics.train_feature_classifier(torch.zeros(20, 1, 8, 6), torch.zeros(20, dtype=torch.long), name="x")
+
+
+# ------------------------------------------------------------------------------------------ trajectories
+
+
+def _curve(fn, n_times=2001):
+    t = torch.linspace(0, 1, n_times, dtype=torch.float64)
+    return fn(t)  # [T, B, D]
+
+
+def test_straight_constant_speed_paths_have_zero_curvature_and_gap():
+    gen = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    traj = _curve(lambda t: (1 - t)[:, None, None] * x0 + t[:, None, None] * x1, 11)
+    assert metrics.trajectory_curvature(traj) == pytest.approx(0, abs=1e-12)
+    assert metrics.straightness_gap(traj) == pytest.approx(0, abs=1e-12)
+
+
+def test_straight_path_with_varying_speed_has_zero_curvature_but_a_gap():
+    # x_t = t² e_1: chord e_1, velocity 2t e_1, gap = ∫ (2t − 1)² dt = 1/3
+    traj = _curve(lambda t: torch.stack([t**2, torch.zeros_like(t)], -1)[:, None, :])
+    assert metrics.trajectory_curvature(traj) == pytest.approx(0, abs=1e-12)
+    assert metrics.straightness_gap(traj) == pytest.approx(1 / 3, rel=1e-3)
+
+
+def test_half_circle_closed_forms():
+    # x_t = (cos πt, sin πt): length π, chord ‖(−2, 0)‖ = 2 → curvature π/2 − 1
+    traj = _curve(lambda t: torch.stack([torch.cos(math.pi * t), torch.sin(math.pi * t)], -1)[:, None, :])
+    assert metrics.trajectory_curvature(traj) == pytest.approx(math.pi / 2 - 1, rel=1e-5)
+    # ∫ ‖v‖² = π², ∫ v·c = c·(x_1 − x_0) = 4, ‖c‖² = 4 → ∫ ‖v − c‖² = π² − 8 + 4 = π² − 4
+    assert metrics.straightness_gap(traj) == pytest.approx((math.pi**2 - 4) / 4, rel=1e-4)
+
+
+def test_trajectory_metrics_flatten_images_and_validate():
+    traj = torch.randn(4, 2, 1, 3, 3)
+    assert math.isfinite(metrics.trajectory_curvature(traj)) and math.isfinite(metrics.straightness_gap(traj))
+    with pytest.raises(ValueError, match=r"\[T, B, D\]"):
+        metrics.straightness_gap(torch.randn(4, 2))
+    with pytest.raises(ValueError, match="2 time points"):
+        metrics.trajectory_curvature(torch.randn(1, 2, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.straightness_gap(torch.full((3, 2, 2), float("nan")))
+    with pytest.raises(ValueError, match="zero chord"):
+        metrics.trajectory_curvature(torch.zeros(3, 2, 2))
