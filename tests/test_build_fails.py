@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,14 @@ def test_wrong_formula_fails_the_build_and_names_the_chapter(tmp_path):
 def test_right_formula_builds(tmp_path):
     result = build(make_book(tmp_path, "2 * t"))
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_chapter_template_builds(tmp_path):
+    """The template a new chapter starts from passes the strict build (sympy assertion, profile, glue)."""
+    book = make_book(tmp_path, "2 * t")
+    shutil.copy(ROOT / "tools" / "templates" / "chapter.md", book / "planted_chapter.md")
+    result = build(book)
+    assert result.returncode == 0, result.stdout[-3000:]
+    page = (book / "_build" / "html" / "planted_chapter.html").read_text()
+    assert re.search(r'class="pasted-text">\d\.\d\d<', page), "the glued value is not in the page"

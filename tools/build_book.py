@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print("\nFAILED: these chapters call plt.show() but their pages hold no figure "
               "(is MPLBACKEND set to a non-inline backend?): " + ", ".join(missing))
+    intro = build / "html" / "intro.html"
+    intro_md = book / "intro.md"
+    if intro_md.exists() and "Notation" in intro_md.read_text() and code == 0 and not notation_table_rendered(intro):
+        missing.append("intro (no rendered notation table)")
+        print(f"\nFAILED: {intro} does not contain the notation table")
     if code != 0 or failed or missing:
         print(f"\nBOOK BUILD FAILED (jupyter-book exit code {code}).")
         return code or 1
@@ -120,6 +125,15 @@ def missing_figures(book: Path, html: Path) -> list[str]:
         if "plt.show()" in md.read_text() and page.exists() and "<img" not in page.read_text(errors="replace"):
             missing.append(md.stem)
     return missing
+
+
+def notation_table_rendered(page: Path) -> bool:
+    """The intro page exists, has a "Notation" section, and holds an HTML table after it."""
+    if not page.exists():
+        return False
+    text = page.read_text(errors="replace")
+    at = text.find("Notation")
+    return at >= 0 and "<table" in text[at:]
 
 
 if __name__ == "__main__":
