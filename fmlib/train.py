@@ -338,7 +338,7 @@ def train(
     model's device, so that runs are reproducible across devices. The step is described in the module
     docstring. ``model`` itself is trained in place and returned as ``raw_model``; on a cache hit its
     weights are replaced by the stored last iterate. A progress bar (``tqdm``, on stderr, refreshed at
-    most once a second, smoothed loss in its postfix) shows unless ``progress=False`` or
+    most once a second, and off a terminal only every 5% of the steps; smoothed loss in its postfix) shows unless ``progress=False`` or
     ``FMLIB_PROGRESS=0``. ``cache=False`` or ``FMLIB_CACHE=0`` neither reads nor writes the cache; an
     unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a failure to write the
     checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
@@ -394,8 +394,11 @@ def train(
     checked = 0
     last_postfix = 0.0
 
+    # In a terminal the bar redraws in place once a second. Elsewhere (a notebook kernel, a log file) every
+    # redraw may become a line of the built page, so it redraws only every 5% of the run (≤ ~20 lines).
+    interactive = getattr(sys.stderr, "isatty", lambda: False)()
     bar = tqdm(total=steps, desc=name, file=sys.stderr, mininterval=1.0, disable=not show, dynamic_ncols=True,
-               unit="step")
+               unit="step", miniters=None if interactive else max(1, steps // 20))
     start = time.perf_counter()
     try:
         for step in range(steps):
