@@ -51,11 +51,11 @@ def test_threads_from_environment(monkeypatch, restore_threads):
             runtime.configure_threads()
 
 
-@pytest.mark.parametrize("cores, load, expected", [(2, 0.0, 2), (2, 0.7, 1), (2, 3.0, 1), (8, 2.2, 6), (1, 0.0, 1)])
-def test_default_threads_leave_busy_cores_alone(monkeypatch, restore_threads, cores, load, expected):
+@pytest.mark.parametrize("cores, busy, expected", [(2, 0, 2), (2, 1, 1), (2, 3, 1), (8, 2, 6), (1, 0, 1)])
+def test_default_threads_leave_busy_cores_alone(monkeypatch, restore_threads, cores, busy, expected):
     monkeypatch.delenv("FMLIB_THREADS", raising=False)
     monkeypatch.setattr(runtime, "_available_cores", lambda: cores)
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(runtime, "_busy_cores", lambda: busy)
     assert runtime.configure_threads() == expected
     assert runtime.configure_threads(max_threads=1) == 1
     with pytest.raises(ValueError, match="positive"):
@@ -76,3 +76,19 @@ def test_describe_names_profile_device_and_threads(monkeypatch):
     monkeypatch.setenv("FMLIB_DEVICE", "cpu")
     line = runtime.describe()
     assert "profile=quick" in line and "device=cpu" in line and "threads" in line
+
+
+def test_busy_cores_from_proc_stat(monkeypatch):
+    samples = iter([(100, 1000), (100 + 150, 1000 + 200)])  # 75% of 2 cores busy → 2 busy (rounded 1.5)
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(runtime, "_available_cores", lambda: 2)
+    assert runtime._busy_cores(window=0) == 2
+    samples = iter([(0, 0), (10, 200)])  # 5% busy → 0
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: next(samples))
+    assert runtime._busy_cores(window=0) == 0
+
+
+def test_busy_cores_falls_back_to_the_load_average(monkeypatch):
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: None)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.4, 1.0, 1.0))
+    assert runtime._busy_cores(window=0) == 1
