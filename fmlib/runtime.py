@@ -8,7 +8,11 @@ Every chapter sizes its work the same way, through this module:
   or ``full`` (bigger models, real training: meant for a GPU). The default is ``full`` when the chosen device
   is a GPU and ``quick`` otherwise; ``FMLIB_PROFILE=quick|full`` overrides it;
 * :func:`by_profile` picks a value per profile, so a chapter writes ``steps = by_profile(quick=2_000,
-  full=20_000)`` and the prose, which quotes only printed numbers, stays true in both profiles.
+  full=20_000)`` and the prose, which quotes only printed numbers, stays true in both profiles;
+* ``FMLIB_MAX_STEPS=N`` caps every training run of :func:`fmlib.train.train` at N optimizer steps
+  (:func:`max_train_steps`). It is a *smoke test*: it runs a profile's code paths (model sizes, sample
+  counts, sweeps) on a machine too slow to train them for real, and :func:`describe` names the cap in every
+  chapter's first output, so a page built this way says so. Its numbers are not the profile's numbers.
 
 Environment variables reach the notebook kernels that ``jupyter-book`` starts, so
 ``FMLIB_PROFILE=full jupyter-book build book/`` builds the full profile.
@@ -30,6 +34,7 @@ __all__ = [
     "get_profile",
     "get_device",
     "by_profile",
+    "max_train_steps",
     "configure_threads",
     "seed_everything",
     "describe",
@@ -89,6 +94,24 @@ def by_profile(*, quick: T, full: T) -> T:
     Example: ``steps = by_profile(quick=2_000, full=20_000)``.
     """
     return quick if get_profile() == "quick" else full
+
+
+def max_train_steps() -> int | None:
+    """The cap ``FMLIB_MAX_STEPS`` puts on every training run's optimizer steps, or None when it is unset.
+
+    Raises:
+        ValueError: ``FMLIB_MAX_STEPS`` is set but is not a positive integer.
+    """
+    text = os.environ.get("FMLIB_MAX_STEPS", "").strip()
+    if not text:
+        return None
+    try:
+        cap = int(text)
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ValueError(f"FMLIB_MAX_STEPS={text!r} must be a positive integer (a cap on training steps)")
+    return cap
 
 
 def _available_cores() -> int:
@@ -178,7 +201,9 @@ def describe() -> str:
     name = device.type
     if device.type == "cuda":
         name = f"cuda ({torch.cuda.get_device_name(device)})"
+    cap = max_train_steps()
+    smoke = f" (SMOKE TEST: training capped at {cap} steps by FMLIB_MAX_STEPS)" if cap is not None else ""
     return (
-        f"fmlib {__version__} | profile={get_profile()} | device={name} | torch {torch.__version__} "
+        f"fmlib {__version__} | profile={get_profile()}{smoke} | device={name} | torch {torch.__version__} "
         f"({torch.get_num_threads()} threads) | python {platform.python_version()}"
     )

@@ -30,7 +30,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,8 @@ def train(
     unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a failure to write the
     checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
     loss is checked for NaN every 50 steps (to avoid a sync per step), on the CPU at every step.
+    ``FMLIB_MAX_STEPS=N`` (a smoke test, see :mod:`fmlib.runtime`) trains min(steps, N) steps, with a
+    RuntimeWarning; the cap is part of the cache key through the shortened config.
 
     Returns:
         :class:`TrainResult` with the EMA model (eval mode), the last iterate, the losses [steps], the
@@ -362,6 +364,11 @@ def train(
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(name, str) or not name:
         raise ValueError("name must be a non-empty string (it names the run and its cache file)")
+    cap = runtime.max_train_steps()
+    if cap is not None and config.steps > cap:
+        warnings.warn(f"training {name!r}: FMLIB_MAX_STEPS caps it at {cap} of its {config.steps} steps "
+                      "(a smoke test; its numbers are not the profile's)", RuntimeWarning, stacklevel=2)
+        config = replace(config, steps=cap, warmup_steps=min(config.warmup_steps, cap))
     dev = torch.device(device) if device is not None else runtime.get_device()
     model.to(dev)
     run_key = cache_key(name, model, config, key)

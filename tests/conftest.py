@@ -1,4 +1,4 @@
-"""Shared pytest setup: one torch thread per test process, an isolated checkpoint cache, quick profile."""
+"""Shared pytest setup: one torch thread per test process, an isolated checkpoint cache, quick profile, no step cap."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ torch.set_num_threads(1)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own empty checkpoint cache."""
     monkeypatch.setenv("FMLIB_CACHE_DIR", str(tmp_path / "fmlib-cache"))
+    monkeypatch.delenv("FMLIB_MAX_STEPS", raising=False)  # a smoke-test cap in the shell must not shorten tests
     yield
 
 

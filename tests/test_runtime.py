@@ -76,6 +76,22 @@ def test_describe_names_profile_device_and_threads(monkeypatch):
     monkeypatch.setenv("FMLIB_DEVICE", "cpu")
     line = runtime.describe()
     assert "profile=quick" in line and "device=cpu" in line and "threads" in line
+    assert "SMOKE" not in line
+    monkeypatch.setenv("FMLIB_MAX_STEPS", "25")
+    assert "SMOKE TEST: training capped at 25 steps" in runtime.describe()
+
+
+@pytest.mark.parametrize("text, expected", [("", None), ("  ", None), ("1", 1), (" 300 ", 300)])
+def test_max_train_steps_from_environment(monkeypatch, text, expected):
+    monkeypatch.setenv("FMLIB_MAX_STEPS", text)
+    assert runtime.max_train_steps() == expected
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "ten", "2.5"])
+def test_max_train_steps_rejects_non_positive_integers(monkeypatch, bad):
+    monkeypatch.setenv("FMLIB_MAX_STEPS", bad)
+    with pytest.raises(ValueError, match="FMLIB_MAX_STEPS"):
+        runtime.max_train_steps()
 
 
 def test_busy_cores_from_proc_stat(monkeypatch):

@@ -139,6 +139,19 @@ def test_cache_can_be_disabled(monkeypatch):
     assert not _run().from_cache
 
 
+def test_step_cap_shortens_the_run_warns_and_keys_the_cache(monkeypatch):
+    full = _run()
+    monkeypatch.setenv("FMLIB_MAX_STEPS", "40")
+    with pytest.warns(RuntimeWarning, match="FMLIB_MAX_STEPS caps it at 40 of its 150 steps"):
+        capped = _run()
+    assert capped.losses.shape == (40,) and not capped.from_cache and capped.key != full.key
+    np.testing.assert_array_equal(capped.losses, full.losses[:40])  # the same run, stopped early
+    short = TrainConfig(steps=30, batch_size=32, lr=0.05, seed=0)
+    assert _run(short, cache=False).losses.shape == (30,)  # a run below the cap is untouched
+    monkeypatch.delenv("FMLIB_MAX_STEPS")
+    assert _run().from_cache and _run().key == full.key  # the uncapped run still finds its own checkpoint
+
+
 def test_nan_loss_raises_naming_the_step():
     calls = {"n": 0}
 
