@@ -107,6 +107,37 @@ class GaussianMixture:
         n = points.shape[0]
         return GaussianMixture(means=points, stds=points.new_zeros(n), weights=points.new_full((n,), 1.0 / n))
 
+    @staticmethod
+    def ring(n_components: int, radius: float, std: float, *, dtype: torch.dtype = torch.float32,
+             device: torch.device | str | None = None) -> "GaussianMixture":
+        """K equal-weight isotropic Gaussians N(m_k, std² I) in 2-D, m_k = radius (cos 2πk/K, sin 2πk/K).
+
+        Raises:
+            ValueError: K < 1, radius or std negative or non-finite (std 0 gives point masses).
+        """
+        if isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral) or n_components < 1:
+            raise ValueError(f"n_components must be a positive int, got {n_components!r}")
+        for name, value in (("radius", radius), ("std", std)):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        k = int(n_components)
+        angle = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+        means = float(radius) * torch.stack([angle.cos(), angle.sin()], dim=1)
+        return GaussianMixture(means=means.to(dtype=dtype, device=device),
+                               stds=torch.full((k,), float(std), dtype=dtype, device=device),
+                               weights=torch.full((k,), 1.0 / k, dtype=dtype, device=device))
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GaussianMixture":
+        """The same mixture with its three tensors on ``device`` and/or in the floating ``dtype``.
+
+        A :class:`MarginalField` computes on its mixture's device; sample with a generator of that device.
+        """
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        return GaussianMixture(means=self.means.to(device=device, dtype=dtype),
+                               stds=self.stds.to(device=device, dtype=dtype),
+                               weights=self.weights.to(device=device, dtype=dtype))
+
     @property
     def dim(self) -> int:
         """D, the dimension of one sample."""

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ._checks import check_choice
 
-__all__ = ["TOY_DATASETS", "sample_toy", "ImageDataset", "load_digits", "load_mnist", "load_images", "batch_sampler"]
+__all__ = ["TOY_DATASETS", "sample_toy", "toy_density", "ImageDataset", "load_digits", "load_mnist", "load_images", "batch_sampler"]
 
 TOY_DATASETS: tuple[str, ...] = ("8gaussians", "moons", "checkerboard", "circles", "spirals", "pinwheel", "gaussian")
 
@@ -122,6 +122,28 @@ _TOY_SAMPLERS: dict[str, Callable[[int, torch.Generator | None], Tensor]] = {
     "pinwheel": _pinwheel,
     "gaussian": _gaussian,
 }
+
+
+def toy_density(name: str, *, dtype: torch.dtype = torch.float32):
+    """The exact density of a toy data set that has one in closed form, as an
+    :class:`fmlib.analytic.GaussianMixture` (log-density, sampling, and the exact marginal velocity of any
+    affine path through :class:`fmlib.analytic.MarginalField`):
+
+    * ``8gaussians``: Σ_k ⅛ N(3 (cos 2πk/8, sin 2πk/8), 0.3² I), exactly what :func:`sample_toy` draws;
+    * ``gaussian``: N(0, I).
+
+    Raises:
+        ValueError: ``name`` is unknown or has no closed-form density (the others are not Gaussian mixtures).
+    """
+    from .analytic import GaussianMixture
+
+    check_choice(name, TOY_DATASETS, what="toy data set")
+    if name == "8gaussians":
+        return GaussianMixture.ring(8, EIGHT_GAUSSIANS_RADIUS, EIGHT_GAUSSIANS_STD, dtype=dtype)
+    if name == "gaussian":
+        return GaussianMixture(means=torch.zeros(1, 2, dtype=dtype), stds=torch.ones(1, dtype=dtype),
+                               weights=torch.ones(1, dtype=dtype))
+    raise ValueError(f"toy data set {name!r} has no closed-form density; these do: '8gaussians', 'gaussian'")
 
 
 def sample_toy(name: str, n: int, *, generator: torch.Generator | None = None) -> Tensor:

@@ -32,6 +32,7 @@ from .solvers import NFECounter, State, VelocityField, _check_velocity_output, _
 __all__ = [
     "standard_normal_log_prob",
     "divergence_exact",
+    "jacobian",
     "divergence_hutchinson",
     "make_probes",
     "LikelihoodResult",
@@ -98,6 +99,24 @@ def divergence_exact(velocity: VelocityField, x: Tensor, t: Tensor, *, create_gr
             row = _grad_or_zero(v_flat[:, i].sum(), x_in, None, create_graph)
             div = div + row.reshape(row.shape[0], -1)[:, i]
     return _finish(v, div, create_graph)
+
+
+def jacobian(velocity: VelocityField, x: Tensor, t: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """Return (v, J) at (x, t): v [B, ...] and the Jacobian J [B, D, D], J[b, i, j] = ∂v_i/∂x_j (x_b).
+
+    i and j index the D non-batch coordinates of x flattened in row-major order; tr J[b] is the divergence
+    of :func:`divergence_exact`, and ½ (J + Jᵀ) is the matrix whose entries set the variance of
+    :func:`divergence_hutchinson`. Row i comes from one reverse-mode pass e_iᵀ (∂v/∂x) summed over the batch
+    (D passes, samples must not interact). Memory is B·D² numbers: meant for low-dimensional fields.
+    ``create_graph`` as in :func:`divergence_exact`.
+    """
+    with torch.enable_grad():
+        x_in, v = _velocity_with_input(velocity, x, t, create_graph)
+        v_flat = v.reshape(v.shape[0], -1)
+        rows = [_grad_or_zero(v_flat[:, i].sum(), x_in, None, create_graph).reshape(v.shape[0], -1)
+                for i in range(v_flat.shape[1])]
+        jac = torch.stack(rows, dim=1)
+    return _finish(v, jac, create_graph)
 
 
 PROBE_KINDS: tuple[str, ...] = ("rademacher", "gaussian")

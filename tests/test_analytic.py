@@ -77,6 +77,30 @@ def test_mixture_mean_covariance_and_sample_moments(generator):
     torch.testing.assert_close(torch.cov(x.T), mix.covariance(), rtol=0.05, atol=0.05)
 
 
+def test_ring_places_equal_weight_components_on_a_circle():
+    ring = analytic.GaussianMixture.ring(5, 2.0, 0.1, dtype=F64)
+    assert ring.n_components == 5 and ring.dim == 2 and ring.means.dtype == F64
+    torch.testing.assert_close(ring.means.norm(dim=1), torch.full((5,), 2.0, dtype=F64))
+    angles = torch.atan2(ring.means[:, 1], ring.means[:, 0]).remainder(2 * math.pi)
+    torch.testing.assert_close(angles, torch.arange(5, dtype=F64) * (2 * math.pi / 5), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ring.weights, torch.full((5,), 0.2, dtype=F64))
+    torch.testing.assert_close(ring.stds, torch.full((5,), 0.1, dtype=F64))
+    for bad in [dict(n_components=0), dict(radius=-1.0), dict(std=float("nan")), dict(n_components=2.5)]:
+        with pytest.raises(ValueError):
+            analytic.GaussianMixture.ring(**{**dict(n_components=3, radius=1.0, std=0.1), **bad})
+
+
+def test_to_changes_dtype_and_keeps_the_distribution():
+    mix = mixture_2d()
+    f32 = mix.to(dtype=torch.float32)
+    assert all(v.dtype == torch.float32 for v in (f32.means, f32.stds, f32.weights))
+    x = torch.randn(20, 2, dtype=F64)
+    torch.testing.assert_close(f32.log_prob(x.float()).double(), mix.log_prob(x), atol=1e-5, rtol=0)
+    assert mix.to("cpu").means.device.type == "cpu"
+    with pytest.raises(ValueError, match="floating-point"):
+        mix.to(dtype=torch.int64)
+
+
 def test_from_points_is_the_empirical_distribution(generator):
     pts = torch.randn(5, 3, generator=generator)
     mix = analytic.GaussianMixture.from_points(pts)

@@ -59,6 +59,30 @@ def test_8gaussians_has_8_equal_clusters_at_radius_3():
     assert abs(x.norm(dim=1).mean().item() - 3.0) < 0.05
 
 
+def test_toy_density_of_8gaussians_is_the_law_sample_toy_draws():
+    """The closed form agrees with the sampler: the mean log-density of 20k samples matches the differential
+    entropy estimate, and the data's own histogram matches the density's mass over a coarse grid."""
+    mix = data.toy_density("8gaussians", dtype=torch.float64)
+    x = sample_toy("8gaussians", 20_000, generator=torch.Generator().manual_seed(0)).double()
+    # each sample's nearest mean is at distance ~0.3: the mixture is well separated, so the entropy is
+    # log 8 + entropy of N(0, 0.3² I) = log 8 + log(2πe 0.09) up to ~1e-6
+    entropy = math.log(8) + math.log(2 * math.pi * math.e * 0.09)
+    assert -mix.log_prob(x).mean().item() == pytest.approx(entropy, abs=0.03)
+    torch.testing.assert_close(mix.mean(), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(mix.covariance(), (4.5 + 0.09) * torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(torch.cov(x.T), mix.covariance(), atol=0.1, rtol=0)
+
+
+def test_toy_density_of_gaussian_and_the_others_raise():
+    mix = data.toy_density("gaussian")
+    x = torch.randn(50, 2)
+    torch.testing.assert_close(mix.log_prob(x), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1))
+    with pytest.raises(ValueError, match="no closed-form density"):
+        data.toy_density("moons")
+    with pytest.raises(ValueError, match="unknown toy data set"):
+        data.toy_density("9gaussians")
+
+
 def test_checkerboard_occupies_alternating_cells_evenly():
     x = sample_toy("checkerboard", 8000, generator=_gen())
     assert (x.abs() <= 4).all()

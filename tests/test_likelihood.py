@@ -141,17 +141,44 @@ def jacobian_per_sample(velocity, x: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return torch.stack(rows)
 
 
+def tiny_mlp_and_inputs(shape: tuple[int, ...], generator: torch.Generator):
+    """A float64 TinyMLP for inputs of ``shape`` and a random batch (x, t) for it."""
+    net = TinyMLP(int(np.prod(shape[1:])), 16, generator)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return net, x, torch.rand(shape[0], generator=generator, dtype=torch.float64)
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (5, 2, 2)])
 def test_divergence_exact_equals_the_trace_of_the_autograd_jacobian(shape, generator):
-    dim = int(np.prod(shape[1:]))
-    net = TinyMLP(dim, 16, generator)
-    x = torch.randn(shape, generator=generator, dtype=torch.float64)
-    t = torch.rand(shape[0], generator=generator, dtype=torch.float64)
+    net, x, t = tiny_mlp_and_inputs(shape, generator)
     v, div = divergence_exact(net, x, t)
     jac = jacobian_per_sample(net, x, t)
     assert torch.allclose(div, torch.diagonal(jac, dim1=1, dim2=2).sum(1), atol=1e-12)
     assert torch.allclose(v, net(x, t)) and v.shape == shape
     assert not v.requires_grad and not div.requires_grad
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 2, 2)])
+def test_jacobian_matches_torch_autograd_functional(shape, generator):
+    net, x, t = tiny_mlp_and_inputs(shape, generator)
+    v, jac = likelihood.jacobian(net, x, t)
+    dim = int(np.prod(shape[1:]))
+    assert jac.shape == (shape[0], dim, dim) and v.shape == shape and not jac.requires_grad
+    torch.testing.assert_close(jac, jacobian_per_sample(net, x, t), atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.diagonal(jac, dim1=1, dim2=2).sum(1), divergence_exact(net, x, t)[1])
+
+
+def test_jacobian_of_a_linear_field_is_its_matrix_and_keeps_a_graph_on_request(generator):
+    a = np.array([[0.5, -1.0, 0.2], [0.3, 0.1, 0.0], [-0.4, 0.7, -0.2]])
+    x = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    _, jac = likelihood.jacobian(linear_field(a, np.zeros(3)), x, 0.5)
+    torch.testing.assert_close(jac, torch.tensor(a).expand(4, 3, 3))
+    net = TinyMLP(3, 8, generator)
+    _, jac = likelihood.jacobian(net, x, torch.full((4,), 0.5, dtype=torch.float64), create_graph=True)
+    assert jac.requires_grad  # differentiable w.r.t. the parameters (e.g. a Jacobian-norm penalty)
+    jac.square().sum().backward()
+    first, last = net.net[0].weight.grad, net.net[2].weight.grad   # (the output bias does not enter J)
+    assert first is not None and last is not None and first.abs().sum() > 0
 
 
 def test_divergence_works_under_no_grad_and_leaves_the_grad_mode_alone(generator):

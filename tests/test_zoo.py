@@ -54,3 +54,19 @@ def test_unknown_names_are_errors():
     with pytest.raises((ValueError, KeyError)):
         zoo.toy_flow("moons", scheduler="nonexistent", steps=2, progress=False)
     assert paths.get_scheduler("condot") is not None
+
+
+def test_toy_flow_trains_in_float32_without_autocast(monkeypatch):
+    """2-D recipes set amp=False: on a GPU the trainer's bf16 autocast would round losses compared with
+    closed forms; image recipes keep the default."""
+    seen = {}
+
+    def fake_train(model, loss_fn, config, **kwargs):
+        seen[kwargs["name"]] = config.amp
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(zoo, "train", fake_train)
+    for call in (lambda: zoo.toy_flow("moons", steps=1), lambda: zoo.image_flow("digits", steps=1)):
+        with pytest.raises(RuntimeError, match="stop"):
+            call()
+    assert seen == {"toy-moons-condot-velocity": False, "img-digits-condot-velocity": True}
