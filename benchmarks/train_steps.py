@@ -57,7 +57,7 @@ def measure(label: str, make_model: Callable[[], nn.Module], sample_x1: Sampler,
     n_params = sum(p.numel() for p in model.parameters())
     result = train(model, loss_fn, TrainConfig(steps=steps, batch_size=batch, lr=1e-3), name=f"bench-{label}",
                    device=device, cache=False, progress=False)
-    return label, n_params, batch, steps, result.steps_per_second
+    return label, n_params, batch, len(result.losses), result.steps_per_second  # (FMLIB_MAX_STEPS may cut it)
 
 
 def main() -> int:

@@ -9,21 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from _myst import MYST_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CHAPTER = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-    format_version: 0.13
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
+CHAPTER = MYST_HEADER + """
 # A chapter with a planted error
 
 ```{code-cell} ipython3
