@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ._checks import check_choice
 
-__all__ = ["TOY_DATASETS", "sample_toy", "toy_density", "ImageDataset", "load_digits", "load_mnist", "load_images", "batch_sampler"]
+__all__ = ["TOY_DATASETS", "sample_toy", "toy_density", "ImageDataset", "load_digits", "load_mnist", "load_images",
+           "batch_sampler"]
 
 TOY_DATASETS: tuple[str, ...] = ("8gaussians", "moons", "checkerboard", "circles", "spirals", "pinwheel", "gaussian")
 

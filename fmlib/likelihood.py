@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +75,15 @@ def _grad_or_zero(output: Tensor, x_in: Tensor, grad_output: Tensor | None, crea
     return torch.zeros_like(x_in) if g is None else g
 
 
+def _jacobian_rows(v: Tensor, x_in: Tensor, create_graph: bool) -> Iterator[Tensor]:
+    """Rows i = 0, …, D − 1 of the per-sample Jacobian ∂v/∂x, each [B, D] (flattened coordinates): pass i is
+    the reverse-mode product e_iᵀ (∂v/∂x) of Σ_b v_i(x_b), which is every sample's row i when samples do not
+    interact."""
+    v_flat = v.reshape(v.shape[0], -1)
+    for i in range(v_flat.shape[1]):
+        yield _grad_or_zero(v_flat[:, i].sum(), x_in, None, create_graph).reshape(v.shape[0], -1)
+
+
 def _finish(v: Tensor, div: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
     return (v, div) if create_graph else (v.detach(), div.detach())
 
@@ -93,11 +102,9 @@ def divergence_exact(velocity: VelocityField, x: Tensor, t: Tensor, *, create_gr
     """
     with torch.enable_grad():
         x_in, v = _velocity_with_input(velocity, x, t, create_graph)
-        v_flat = v.reshape(v.shape[0], -1)
         div = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-        for i in range(v_flat.shape[1]):
-            row = _grad_or_zero(v_flat[:, i].sum(), x_in, None, create_graph)
-            div = div + row.reshape(row.shape[0], -1)[:, i]
+        for i, row in enumerate(_jacobian_rows(v, x_in, create_graph)):
+            div = div + row[:, i]
     return _finish(v, div, create_graph)
 
 
@@ -112,10 +119,7 @@ def jacobian(velocity: VelocityField, x: Tensor, t: Tensor, *, create_graph: boo
     """
     with torch.enable_grad():
         x_in, v = _velocity_with_input(velocity, x, t, create_graph)
-        v_flat = v.reshape(v.shape[0], -1)
-        rows = [_grad_or_zero(v_flat[:, i].sum(), x_in, None, create_graph).reshape(v.shape[0], -1)
-                for i in range(v_flat.shape[1])]
-        jac = torch.stack(rows, dim=1)
+        jac = torch.stack(list(_jacobian_rows(v, x_in, create_graph)), dim=1)
     return _finish(v, jac, create_graph)
 
 

@@ -153,10 +153,10 @@ def configure_threads(max_threads: int | None = None) -> int:
 
     The default is the number of cores minus those busy with other work at this moment (measured over a
     quarter of a second from /proc/stat on Linux, else from the load average), clamped to [1, cores]. An
-    oversubscribed intra-op thread pool is pathological on small machines: measured on a 2-core CPU with one other busy
-    process, a 2-D MLP flow-matching step took 23 ms with 2 threads and 4.3 ms with 1, a maximum-likelihood
-    CNF step 1.13 s against 0.27 s, while on an idle machine 2 threads were at most 1.6× faster (U-Net on
-    8×8 digits). ``FMLIB_THREADS`` overrides the choice. Every chapter calls this once.
+    oversubscribed intra-op thread pool is pathological on small machines: measured on a 2-core CPU with one
+    other busy process, a 2-D MLP flow-matching step took 23 ms with 2 threads and 4.3 ms with 1, a
+    maximum-likelihood CNF step 1.13 s against 0.27 s, while on an idle machine 2 threads were at most 1.6×
+    faster (U-Net on 8×8 digits). ``FMLIB_THREADS`` overrides the choice. Every chapter calls this once.
 
     Raises:
         ValueError: ``FMLIB_THREADS`` is not a positive integer, or ``max_threads < 1``.

@@ -339,9 +339,9 @@ def train(
     docstring. ``model`` itself is trained in place and returned as ``raw_model``; on a cache hit its
     weights are replaced by the stored last iterate. A progress bar (``tqdm``, on stderr, refreshed at
     most once a second, and off a terminal only every 5% of the steps; smoothed loss in its postfix) shows
-    unless ``progress=False`` or ``FMLIB_PROGRESS=0``. ``cache=False`` or ``FMLIB_CACHE=0`` neither reads nor writes the cache; an
-    unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a failure to write the
-    checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
+    unless ``progress=False`` or ``FMLIB_PROGRESS=0``. ``cache=False`` or ``FMLIB_CACHE=0`` neither reads
+    nor writes the cache; an unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a
+    failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
     loss is checked for NaN every 50 steps (to avoid a sync per step), on the CPU at every step.
     ``FMLIB_MAX_STEPS=N`` (a smoke test, see :mod:`fmlib.runtime`) trains min(steps, N) steps, with a
     RuntimeWarning; the cap is part of the cache key through the shortened config.
