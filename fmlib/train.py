@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate"]
+__all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate", "progress_mode"]
 
 LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
 """loss_fn(model, batch_size, generator) -> scalar loss: draws its own batch (on the model's device) and
@@ -268,8 +268,28 @@ def _cache_file(name: str, key: str) -> Path:
     return cache_dir() / f"{safe[:80]}-{key[:16]}.pt"
 
 
-def _progress_enabled(progress: bool) -> bool:
-    return progress and os.environ.get("FMLIB_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
+_PROGRESS_MODES = {"1": "bar", "true": "bar", "yes": "bar", "on": "bar", "bar": "bar", "": "bar",
+                   "summary": "summary", "0": "off", "false": "off", "no": "off", "off": "off"}
+
+
+def progress_mode(progress: bool = True) -> str:
+    """How a training run reports progress: ``"bar"``, ``"summary"`` or ``"off"``.
+
+    ``progress=False`` is ``"off"``; otherwise ``FMLIB_PROGRESS`` decides: unset, ``1``/``bar`` a tqdm bar;
+    ``summary`` one line when the run ends (steps, seconds, steps per second, smoothed final loss), which
+    ``tools/build_book.py`` uses so that a built page holds one line per run instead of the bar's frames;
+    ``0``/``off`` nothing.
+
+    Raises:
+        ValueError: ``FMLIB_PROGRESS`` has another value.
+    """
+    if not progress:
+        return "off"
+    raw = os.environ.get("FMLIB_PROGRESS", "1")
+    mode = _PROGRESS_MODES.get(raw.strip().lower())
+    if mode is None:
+        raise ValueError(f"FMLIB_PROGRESS={raw!r}: expected 1/bar, summary or 0/off")
+    return mode
 
 
 def _cache_enabled(cache: bool) -> bool:
@@ -339,7 +359,8 @@ def train(
     docstring. ``model`` itself is trained in place and returned as ``raw_model``; on a cache hit its
     weights are replaced by the stored last iterate. A progress bar (``tqdm``, on stderr, refreshed at
     most once a second, and off a terminal only every 5% of the steps; smoothed loss in its postfix) shows
-    unless ``progress=False`` or ``FMLIB_PROGRESS=0``. ``cache=False`` or ``FMLIB_CACHE=0`` neither reads
+    unless ``progress=False`` or ``FMLIB_PROGRESS=0``; ``FMLIB_PROGRESS=summary`` prints one line at the end
+    instead (:func:`progress_mode`). ``cache=False`` or ``FMLIB_CACHE=0`` neither reads
     nor writes the cache; an unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a
     failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
     loss is checked for NaN every 50 steps (to avoid a sync per step), on the CPU at every step.
@@ -373,7 +394,8 @@ def train(
     model.to(dev)
     run_key = cache_key(name, model, config, key)
     path = _cache_file(name, run_key) if _cache_enabled(cache) else None
-    show = _progress_enabled(progress)
+    mode = progress_mode(progress)
+    show = mode != "off"
 
     if path is not None and path.exists():
         loaded = _load_cached(model, path, run_key)
@@ -402,10 +424,12 @@ def train(
     last_postfix = 0.0
 
     # In a terminal the bar redraws in place once a second. Elsewhere (a notebook kernel, a log file) every
-    # redraw may become a line of the built page, so it redraws only every 5% of the run (≤ ~20 lines).
+    # redraw may become a line of the built page, so it redraws only every 5% of the run (≤ ~20 lines); an
+    # infinite maxinterval stops tqdm's monitor thread from dropping that to a redraw a second in slow runs.
     interactive = getattr(sys.stderr, "isatty", lambda: False)()
-    bar = tqdm(total=steps, desc=name, file=sys.stderr, mininterval=1.0, disable=not show, dynamic_ncols=True,
-               unit="step", miniters=None if interactive else max(1, steps // 20))
+    bar = tqdm(total=steps, desc=name, file=sys.stderr, mininterval=1.0, disable=mode != "bar", dynamic_ncols=True,
+               unit="step", miniters=None if interactive else max(1, steps // 20),
+               maxinterval=10.0 if interactive else float("inf"))
     start = time.perf_counter()
     try:
         for step in range(steps):
@@ -430,7 +454,7 @@ def train(
                 bar.update(step + 1 - checked)
                 checked = step + 1
                 now = time.perf_counter()
-                if show and (now - last_postfix >= 1.0 or checked == steps):
+                if mode == "bar" and (now - last_postfix >= 1.0 or checked == steps):
                     bar.set_postfix(loss=f"{smoothed:.4g}", lr=f"{lr:.2g}", refresh=False)
                     last_postfix = now
         if dev.type == "cuda":
@@ -438,6 +462,9 @@ def train(
         seconds = time.perf_counter() - start
     finally:
         bar.close()
+    if mode == "summary":
+        print(f"{name}: {steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):.0f} step/s), "
+              f"final loss {smoothed:.4g} (smoothed)", file=sys.stderr)
 
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model)

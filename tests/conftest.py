@@ -13,9 +13,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own empty checkpoint cache."""
+    """Every test gets its own empty checkpoint cache and the default training environment."""
     monkeypatch.setenv("FMLIB_CACHE_DIR", str(tmp_path / "fmlib-cache"))
     monkeypatch.delenv("FMLIB_MAX_STEPS", raising=False)  # a smoke-test cap in the shell must not shorten tests
+    monkeypatch.delenv("FMLIB_PROGRESS", raising=False)  # tests of the bar expect the default mode
     yield
 
 

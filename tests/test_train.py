@@ -11,7 +11,7 @@ from torch import nn
 
 from fmlib import train as train_mod
 from fmlib.models import MLP
-from fmlib.train import EMA, TrainConfig, TrainResult, cache_dir, cache_key, learning_rate, train
+from fmlib.train import EMA, TrainConfig, TrainResult, cache_dir, cache_key, learning_rate, progress_mode, train
 
 W_TRUE = torch.tensor([[1.5, -2.0, 0.5]])
 
@@ -178,6 +178,38 @@ def test_progress_bar_on_stderr_and_silenced_by_env(capsys, monkeypatch):
     _run(TrainConfig(steps=5, batch_size=4), name="bar", cache=False, progress=True)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_progress_bar_off_a_terminal_redraws_only_every_5_percent(monkeypatch):
+    import tqdm as tqdm_module
+
+    seen = {}
+
+    class Recording(tqdm_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recording)
+    _run(TrainConfig(steps=40, batch_size=4), name="bar", cache=False, progress=True)
+    # tqdm's monitor thread resets miniters to 1 after maxinterval seconds without a redraw; off a terminal
+    # that would put a frame a second into a built page, so maxinterval must be infinite there
+    assert seen["miniters"] == 2 and seen["maxinterval"] == float("inf")
+
+
+def test_progress_summary_is_one_line_and_unknown_modes_raise(capsys, monkeypatch):
+    monkeypatch.setenv("FMLIB_PROGRESS", "summary")
+    _run(TrainConfig(steps=7, batch_size=4), name="quiet-run", cache=False, progress=True)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and "\r" not in captured.err
+    assert lines[0].startswith("quiet-run: 7 steps in ") and "final loss" in lines[0]
+    assert progress_mode(progress=False) == "off"
+    monkeypatch.setenv("FMLIB_PROGRESS", "Bar ")
+    assert progress_mode() == "bar"
+    monkeypatch.setenv("FMLIB_PROGRESS", "verbose")
+    with pytest.raises(ValueError, match="FMLIB_PROGRESS='verbose'"):
+        _run(TrainConfig(steps=2, batch_size=4), name="x", cache=False, progress=True)
 
 
 def test_ema_matches_the_hand_computation():

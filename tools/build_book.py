@@ -6,6 +6,8 @@
 * removes ``_build`` (beside the root ``_config.yml``) first (incremental builds skip unchanged files and hide failures);
 * runs ``jupyter-book build <book> -W --keep-going`` (every chapter is executed: ``execute_notebooks: force``);
 * sets ``FMLIB_PROFILE`` for the notebook kernels (``auto`` leaves the choice to fmlib: full on a GPU);
+* sets ``FMLIB_PROGRESS=summary`` unless it is set: a built page shows one line per training run, not the
+  frames of a progress bar (nobody watches the kernels' stderr during a build);
 * ``--fresh-cache`` points ``FMLIB_CACHE_DIR`` at an empty folder inside _build, so every model is trained
   in this build (checks and CI); otherwise the user's cache (``~/.cache/fmlib``) is reused;
 * on failure, prints for each chapter whose execution failed its name and the end of its traceback
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     # the kernel must draw figures into the page: an inherited MPLBACKEND=Agg would silently drop them
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    env.setdefault("FMLIB_PROGRESS", "summary")
 
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
     if jb is None:
