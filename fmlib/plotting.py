@@ -98,7 +98,7 @@ def plot_samples(ax: Axes, x: Tensor, *, title: str | None = None, lims: tuple[f
 
 def plot_density(ax: Axes, log_density: Callable[[Tensor], Tensor], *, lims: tuple[float, float] = DEFAULT_LIMITS,
                  n: int = 100, title: str | None = None, log_scale: bool = False, cmap: str = "viridis",
-                 colorbar: bool = False) -> Axes:
+                 colorbar: bool = False, vmin: float | None = None, vmax: float | None = None) -> Axes:
     """Heat map of exp(log_density) (or of log_density itself with ``log_scale=True``) on an n×n grid;
     ``log_density`` maps [M, 2] points to [M].
 
@@ -112,11 +112,15 @@ def plot_density(ax: Axes, log_density: Callable[[Tensor], Tensor], *, lims: tup
         n: grid points per side (≥ 2).
         log_scale: show log p instead of p.
         colorbar: add a colour bar next to ``ax``.
+        vmin, vmax: the values mapped to the ends of the colour scale (default: this panel's range); give
+            several panels the same pair to make their colours comparable. Values outside are clipped.
 
     Raises:
-        ValueError: the returned shape is not [M] (or [M, 1]), or it contains NaN.
+        ValueError: the returned shape is not [M] (or [M, 1]), or it contains NaN; vmin ≥ vmax.
     """
     lims = _check_lims(lims)
+    if vmin is not None and vmax is not None and not vmin < vmax:
+        raise ValueError(f"vmin must be below vmax, got {vmin} and {vmax}")
     _, pts = _grid(lims, n)
     out = _to_numpy(log_density(pts), name="log_density(points)").astype(np.float64)
     if out.shape not in ((n * n,), (n * n, 1)):
@@ -128,7 +132,7 @@ def plot_density(ax: Axes, log_density: Callable[[Tensor], Tensor], *, lims: tup
         finite = values[np.isfinite(values)]
         values = np.where(np.isneginf(values), finite.min() if finite.size else 0.0, values)
     image = ax.imshow(values, origin="lower", extent=(lims[0], lims[1], lims[0], lims[1]), cmap=cmap,
-                      interpolation="nearest", aspect="equal")
+                      interpolation="nearest", aspect="equal", vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, label="log density" if log_scale else "density")
     _frame_2d(ax, lims, title)

@@ -463,8 +463,10 @@ def train(
     finally:
         bar.close()
     if mode == "summary":
-        print(f"{name}: {steps} steps in {seconds:.1f} s ({steps / max(seconds, 1e-9):.0f} step/s), "
-              f"final loss {smoothed:.4g} (smoothed)", file=sys.stderr)
+        rate = steps / max(seconds, 1e-9)
+        speed = f"{rate:.0f} step/s" if rate >= 10 else f"{1e3 / rate:.0f} ms/step"
+        print(f"{name}: {steps} steps in {seconds:.1f} s ({speed}), final loss {smoothed:.4g} (smoothed)",
+              file=sys.stderr)
 
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model)

@@ -82,6 +82,15 @@ def test_plot_density_accepts_numpy_and_rejects_bad_shapes(ax):
         plotting.plot_density(ax, lambda p: torch.full((len(p),), float("nan")), n=10)
 
 
+def test_plot_density_shared_colour_range(ax):
+    plotting.plot_density(ax, lambda p: -0.5 * (p ** 2).sum(1), n=10, log_scale=True, vmin=-3.0, vmax=0.0,
+                          colorbar=True)
+    assert ax.images[0].get_clim() == (-3.0, 0.0)
+    assert ax.figure.axes[-1].get_ylabel() == "log density"                       # the colour bar
+    with pytest.raises(ValueError, match="vmin"):
+        plotting.plot_density(ax, lambda p: torch.zeros(len(p)), n=10, vmin=1.0, vmax=1.0)
+
+
 def test_plot_trajectories(ax):
     traj = torch.cumsum(torch.randn(11, 300, 2) * 0.1, dim=0).requires_grad_(True)
     out = plotting.plot_trajectories(ax, traj, n_show=50, title="paths")
