@@ -2,7 +2,8 @@
 # Run on the GPU machine (see tools/device_prep.sh, which must have filled .device/ here first):
 #   the full profile of every chapter, the chapters concurrently (one GPU, 16 cores), each under a time limit;
 #   then benchmarks/train_steps.py (never step-capped). Logs go to $OUT (or ./device-out): <chapter>.log
-#   with per-cell seconds, summary.txt (exit code and wall time per chapter) and bench.txt.
+#   with per-cell seconds and one line per training run (steps, seconds, speed), summary.txt (exit code and wall
+#   time per chapter) and bench.txt.
 # A device call: carry [".device"], command `bash tools/device_check.sh 480`, timeout_s 600 (the chapters' limit
 # plus ~1 min install and ~1.5 min benchmark); FMLIB_MAX_STEPS=N as a second argument makes it a smoke test.
 # Usage: bash tools/device_check.sh [seconds per chapter, default 480] [extra env, e.g. FMLIB_MAX_STEPS=200]
@@ -14,7 +15,7 @@ OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT" /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl \
   || { echo "installing the carried wheels failed" | tee "$OUT/summary.txt"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FMLIB_PROFILE=full FMLIB_CACHE_DIR=/tmp/fmlib-cache FMLIB_THREADS=4 "$@"
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FMLIB_PROGRESS=summary FMLIB_PROFILE=full FMLIB_CACHE_DIR=/tmp/fmlib-cache FMLIB_THREADS=4 "$@"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   python3 -c "from fmlib import runtime; print(runtime.describe())"; } 2>&1 | tee "$OUT/summary.txt"
 pids=()
