@@ -579,21 +579,35 @@ def _trajectory(trajectory: Tensor | np.ndarray) -> Tensor:
     return traj.flatten(2)
 
 
-def trajectory_curvature(trajectory: Tensor | np.ndarray) -> float:
-    """Mean excess length of sampled paths: E_b[ L_b / ‖x_1 − x_0‖ − 1 ] with L_b = Σ_k ‖x_{t_{k+1}} − x_{t_k}‖.
+def trajectory_curvature(trajectory: Tensor | np.ndarray, *, reduce: str = "mean") -> float:
+    """Excess length of sampled paths, from the ratios r_b = L_b / ‖x_1 − x_0‖ − 1 with
+    L_b = Σ_k ‖x_{t_{k+1}} − x_{t_k}‖, summarised over the samples b by ``reduce``:
+
+    * ``"mean"``: E_b[r_b];
+    * ``"median"``: the median of r_b;
+    * ``"pooled"``: Σ_b L_b / Σ_b ‖x_1 − x_0‖ − 1, the excess length of all paths together;
+    * ``"max"``: the largest r_b.
 
     ``trajectory``: [T, B, ...] (T time points, B samples; image dimensions are flattened). 0 for straight
     paths traversed in one direction, π/2 − 1 for a half circle. A purely geometric quantity: it does not
     depend on the speed along the curve, nor on the time grid's spacing (only on how finely it resolves the
-    curve; the polygonal length converges from below). Samples that do not move (zero chord) are rejected
-    with ``ValueError`` rather than giving an infinite ratio.
+    curve; the polygonal length converges from below). A path that ends near its start has a tiny chord and a
+    huge ratio, and a few of them can carry the mean; the median and the pooled ratio are robust to them.
+    Samples that do not move (zero chord) are rejected with ``ValueError`` rather than giving an infinite ratio.
+
+    Raises:
+        ValueError: wrong shape, non-finite values, a zero chord, or an unknown ``reduce``.
     """
+    reduce = check_choice(reduce, ("mean", "median", "pooled", "max"), what="reduce")
     traj = _trajectory(trajectory)
     length = (traj[1:] - traj[:-1]).norm(dim=-1).sum(0)
     chord = (traj[-1] - traj[0]).norm(dim=-1)
     if (chord <= 1e-12 * (1 + length)).any():
         raise ValueError("some trajectories end where they start (zero chord): curvature is undefined")
-    return (length / chord - 1).mean().item()
+    if reduce == "pooled":
+        return (length.sum() / chord.sum() - 1).item()
+    ratio = length / chord - 1
+    return {"mean": ratio.mean, "median": ratio.median, "max": ratio.max}[reduce]().item()
 
 
 def straightness_gap(trajectory: Tensor | np.ndarray) -> float:

@@ -352,6 +352,23 @@ def test_half_circle_closed_forms():
     assert metrics.straightness_gap(traj) == pytest.approx((math.pi**2 - 4) / 4, rel=1e-4)
 
 
+def test_curvature_summaries_of_a_straight_path_and_a_half_circle():
+    # sample 0: straight, length 2, chord 2 → r = 0; sample 1: half circle of radius 1, length π, chord 2 → r = π/2 − 1
+    def paths(t):
+        straight = torch.stack([2 * t - 1, torch.zeros_like(t)], -1)
+        circle = torch.stack([torch.cos(math.pi * t), torch.sin(math.pi * t)], -1)
+        return torch.stack([straight, circle], 1)
+
+    traj = _curve(paths)
+    r = math.pi / 2 - 1
+    assert metrics.trajectory_curvature(traj, reduce="mean") == pytest.approx(r / 2, rel=1e-5)
+    assert metrics.trajectory_curvature(traj, reduce="max") == pytest.approx(r, rel=1e-5)
+    assert metrics.trajectory_curvature(traj, reduce="median") == pytest.approx(0, abs=1e-9)   # torch: the lower one
+    assert metrics.trajectory_curvature(traj, reduce="pooled") == pytest.approx((2 + math.pi) / 4 - 1, rel=1e-5)
+    with pytest.raises(ValueError, match="reduce"):
+        metrics.trajectory_curvature(traj, reduce="sum")
+
+
 def test_trajectory_metrics_flatten_images_and_validate():
     traj = torch.randn(4, 2, 1, 3, 3)
     assert math.isfinite(metrics.trajectory_curvature(traj)) and math.isfinite(metrics.straightness_gap(traj))
