@@ -7,7 +7,8 @@ Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.p
 paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
 samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
 :mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
-:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.symbolic` (sympy checks),
+:mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.report` (tables, glue
+and checks in a page), :mod:`~fmlib.symbolic` (sympy checks),
 :mod:`~fmlib.zoo` (standard training recipes shared by the chapters).
 """
 
@@ -24,6 +25,7 @@ from . import (  # noqa: E402
     models,
     paths,
     plotting,
+    report,
     runtime,
     solvers,
     symbolic,
@@ -43,6 +45,7 @@ __all__ = [
     "models",
     "paths",
     "plotting",
+    "report",
     "runtime",
     "solvers",
     "symbolic",

@@ -17,9 +17,89 @@ import torch
 from matplotlib.axes import Axes
 from torch import Tensor, nn
 
-__all__ = ["plot_samples", "plot_density", "plot_trajectories", "plot_vector_field", "show_images", "DEFAULT_LIMITS"]
+__all__ = [
+    "plot_samples",
+    "plot_density",
+    "plot_trajectories",
+    "plot_vector_field",
+    "show_images",
+    "column_figure",
+    "use_book_style",
+    "BOOK_STYLE",
+    "COLUMN_WIDTH_IN",
+    "DEFAULT_LIMITS",
+]
 
 DEFAULT_LIMITS: tuple[float, float] = (-4.5, 4.5)
+
+COLUMN_WIDTH_IN: float = 6.9
+"""Width of a full-column figure in inches: at the book's 100 dpi this is the ~690 px text column, so a figure is
+shown at scale 1 there and its 9–10 pt labels are 12–14 px on the page. Images are rendered at twice that
+density (``retina`` PNG), so they stay sharp on high-DPI screens and when zoomed."""
+
+BOOK_STYLE: dict[str, object] = {
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": False,
+    "lines.linewidth": 1.6,
+    "image.cmap": "viridis",
+    "figure.constrained_layout.use": True,
+}
+"""matplotlib rcParams of every figure of the book (applied by :func:`use_book_style`)."""
+
+
+def use_book_style() -> None:
+    """Apply :data:`BOOK_STYLE` to matplotlib and, inside IPython, ask the inline backend for ``retina`` PNGs
+    (rendered at 2× the logical size, displayed at the logical size). Idempotent; chapters call it through
+    :func:`column_figure`."""
+    plt.rcParams.update(BOOK_STYLE)
+    try:  # only in a running IPython kernel
+        from IPython import get_ipython
+
+        if get_ipython() is not None:
+            from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+            set_matplotlib_formats("retina")
+    except ImportError:  # IPython / matplotlib-inline missing: plain matplotlib
+        pass
+
+
+def column_figure(nrows: int = 1, ncols: int = 1, *, height: float | None = None, aspect: float = 1.0,
+                  width: float = 1.0, **subplot_kw: object):
+    """A figure sized for the book's text column, in the book's style: ``(fig, axes)`` as ``plt.subplots``.
+
+    The width is ``width`` × :data:`COLUMN_WIDTH_IN` (so ≤ 1 column, readable labels at scale 1); the height is
+    ``height`` inches if given, else the panel width × ``aspect`` × ``nrows`` plus room for labels. At most 3
+    panels a row fit the column: ask for a grid (``nrows`` > 1) rather than a strip. ``subplot_kw`` goes to
+    ``plt.subplots`` (``sharex``, ``squeeze``, …).
+
+    Raises:
+        ValueError: ``nrows`` or ``ncols`` < 1, ``ncols`` > 3, or ``width``/``aspect``/``height`` not positive
+            (``width`` at most 1).
+    """
+    for name, value in (("nrows", nrows), ("ncols", ncols)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if ncols > 3:
+        raise ValueError(f"at most 3 panels fit a row of the text column, got ncols={ncols}: use a grid "
+                         f"(e.g. nrows={math.ceil(ncols / 3)}, ncols=3)")
+    if not (0 < width <= 1) or not aspect > 0 or (height is not None and not height > 0):
+        raise ValueError(f"width must lie in (0, 1] and aspect/height be positive, got width={width!r}, "
+                         f"aspect={aspect!r}, height={height!r}")
+    use_book_style()
+    fig_w = width * COLUMN_WIDTH_IN
+    if height is None:
+        height = nrows * (fig_w / ncols) * aspect * 0.92 + 0.25
+    return plt.subplots(nrows, ncols, figsize=(fig_w, height), **subplot_kw)
 
 _XLABEL, _YLABEL = "$x_1$", "$x_2$"
 

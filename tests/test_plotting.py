@@ -149,3 +149,27 @@ def test_show_images_rgb_numpy_and_errors(ax):
         plotting.show_images(ax, torch.zeros(0, 1, 8, 8))
     with pytest.raises(ValueError, match="C in"):
         plotting.show_images(ax, torch.zeros(2, 2, 8, 8))
+
+
+def test_column_figure_fits_the_column_and_applies_the_style():
+    import matplotlib.pyplot as plt
+
+    from fmlib.plotting import BOOK_STYLE, COLUMN_WIDTH_IN, column_figure
+
+    fig, axes = column_figure(2, 3)
+    w, h = fig.get_size_inches()
+    assert w == pytest.approx(COLUMN_WIDTH_IN) and axes.shape == (2, 3) and h > w / 3
+    assert plt.rcParams["font.size"] == BOOK_STYLE["font.size"]
+    plt.close(fig)
+    fig, ax = column_figure(width=0.5)
+    assert fig.get_size_inches()[0] == pytest.approx(COLUMN_WIDTH_IN / 2)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"ncols": 4}, "at most 3 panels"), ({"nrows": 0}, "positive int"),
+                                           ({"width": 1.5}, "width"), ({"height": -1.0}, "height")])
+def test_column_figure_rejects_bad_layouts(kwargs, match):
+    from fmlib.plotting import column_figure
+
+    with pytest.raises(ValueError, match=match):
+        column_figure(**kwargs)
