@@ -200,3 +200,21 @@ def test_noisy_classifier_learns_separated_classes_and_clean_only_is_another_run
     assert (p0[:, 0] - 0.5).abs().mean() < 0.2
     with pytest.raises(ValueError, match="num_classes"):
         NoisyClassifier(2, 1)
+
+
+def test_toy_conditional_flow_is_a_conditional_model_keyed_by_its_data():
+    from fmlib import analytic, zoo
+
+    def data(shift):
+        mix = analytic.GaussianMixture(torch.tensor([[shift, 0.0], [-1.0, 0.0]]), torch.full((2,), 0.3),
+                                       torch.full((2,), 0.5))
+        return analytic.LabelledMixture(mix, torch.tensor([0, 1]))
+
+    common = dict(name="test-cond", steps=5, hidden=16, depth=1, batch_size=32, progress=False)
+    run = zoo.toy_conditional_flow(data(1.0), **common)
+    other = zoo.toy_conditional_flow(data(2.0), **common)
+    assert run.model.null_label == 2 and run.key != other.key
+    x = torch.randn(3, 2)
+    assert guided_velocity(run.model, x, 0.5, torch.tensor([0, 1, 0]), scale=2.0).shape == (3, 2)
+    with pytest.raises(TypeError, match="LabelledMixture"):
+        zoo.toy_conditional_flow("moons", **common)
