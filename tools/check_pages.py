@@ -17,6 +17,7 @@ contents at 1280 px (desktop), 800 px (tablet) and 390 px (phone) and measures:
 * **navigation**: at desktop width the table of contents is on screen and there is one search field; at
   tablet and phone widths the ☰ button opens the table of contents and, on chapters, the ☷ button opens the
   page's contents.
+* **Colab**: every chapter (a page with an ``.ipynb`` twin in book/) has its "Open in Colab" badge.
 * **console**: JavaScript exceptions of the page (a script that throws), and requests that tried to leave
   the machine (all are blocked: the check needs no internet).
 
@@ -240,6 +241,8 @@ class PageResult:
     nav: dict = field(default_factory=dict)
     search_fields: int | None = None
     page_scrolls_sideways: bool = False
+    colab: str | None = None        # the Open in Colab badge's address (chapters, desktop width)
+    is_chapter: bool = False
     errors: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
@@ -297,6 +300,10 @@ def check_page(context, base: str, html: Path, name: str, width: str, shots: Pat
                 clipped.scroll_into_view_if_needed()
                 page.screenshot(path=str(shots / f"{name}-{width}-clipped.png"))
         if width == "desktop":
+            result.is_chapter = (ROOT / "book" / f"{name}.ipynb").exists()
+            result.colab = page.evaluate(
+                "() => { const a = document.querySelector('article.bd-article a.fm-colab-badge-link');"
+                " return a ? a.href : null; }")
             result.search_fields = page.evaluate(SEARCH_JS)
             result.nav["primary"] = {"button": None, "links_before": page.evaluate(NAV_JS, "primary"),
                                      "links_after": None}
@@ -340,6 +347,8 @@ def failures(result: PageResult) -> list[str]:
                 out.append("no table of contents on screen")
         elif not nav["button"] or not nav["links_after"]:
             out.append(f"the {which} navigation does not open")
+    if result.is_chapter and not (result.colab or "").endswith(f"/{result.page}.ipynb"):
+        out.append(f"no Open in Colab badge for {result.page}.ipynb under the title (got {result.colab!r})")
     if result.search_fields is not None and result.search_fields > 1:
         out.append(f"{result.search_fields} search fields in the header")
     out += result.errors
@@ -397,7 +406,9 @@ def run(html: Path, pages: list[str], widths: list[str], out: Path | None, chrom
     results = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            # Playwright hides scrollbars by default: show them, as a reader's browser does, in the screenshots
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"],
+                                        ignore_default_args=["--hide-scrollbars"])
             try:
                 for width in widths:
                     context = browser.new_context(viewport={"width": WIDTHS[width], "height": HEIGHT[width]},
