@@ -249,7 +249,7 @@ class PageResult:
         return sum(b["status"] == status for b in self.blocks)
 
 
-def _wait_for_math(page, timeout_ms: int = 20_000) -> None:
+def _wait_for_math(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_function(
         "() => !window.MathJax || (window.MathJax.startup && window.MathJax.startup.promise"
         " && (window.__fmMath || (window.MathJax.startup.promise.then(() => window.__fmMath = true), false)))",
@@ -274,13 +274,14 @@ def _nav_check(page, which: str) -> dict:
 def check_page(context, base: str, html: Path, name: str, width: str, shots: Path | None) -> PageResult:
     result = PageResult(name, width)
     page = context.new_page()
+    page.set_default_timeout(60_000)  # a long chapter on a loaded 2-core machine
     page.on("pageerror", lambda exc: result.errors.append(f"page error: {exc}"))
     try:
         page.goto(base + f"{name}.html", wait_until="load")
         try:
             _wait_for_math(page)
         except Exception:  # noqa: BLE001 - reported as unrendered math below
-            result.errors.append("MathJax did not finish within 20 s")
+            result.errors.append("MathJax did not finish within 60 s")
         page.wait_for_timeout(300)
         data = page.evaluate(MEASURE_JS)
         result.col_width = data["colWidth"]
