@@ -68,6 +68,9 @@ __all__ = [
     "reweighting",
     "sample_time_logit_normal",
     "sample_time_log_normal",
+    "LOSS_RECIPES",
+    "edm_epsilon_weight",
+    "toy_flow_with_loss",
 ]
 
 
@@ -431,3 +434,70 @@ def sample_time_log_normal(batch: int, scheduler: Scheduler, *, p_mean: float = 
     z = torch.randn(batch, generator=generator, device=generator.device if generator is not None else "cpu")
     lam = -2.0 * (_float(p_mean, "p_mean") + _float(p_std, "p_std", low=0.0) * z)
     return time_from_log_snr(scheduler, lam.double().cpu()).to(torch.get_default_dtype())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one network, four losses (the chapter's weighting experiment)
+
+LOSS_RECIPES: dict[str, dict] = {
+    "ε-MSE, uniform t": {"scheduler": "condot", "parametrization": "x0", "time": "uniform"},
+    "flow matching": {"scheduler": "condot", "parametrization": "velocity", "time": "uniform"},
+    "v-MSE, cosine": {"scheduler": "cosine", "parametrization": "velocity", "time": "uniform"},
+    "EDM-like": {"scheduler": "condot", "parametrization": "velocity", "time": "log_normal"},
+}
+"""The losses compared in the diffusion chapter. Each is E‖ε̂ − ε‖² under a weighting W(λ):
+
+* ``ε-MSE, uniform t``: ε-prediction on the linear path, t ~ U[0, 1];
+* ``flow matching``: velocity on the linear path, t ~ U[0, 1] (W = e^{−λ/2}/2);
+* ``v-MSE, cosine``: velocity on the cosine path (= −π/2 times the v-prediction), t ~ U[0, 1];
+* ``EDM-like``: velocity on the linear path with EDM's log-normal noise levels (log ρ ~ N(−1.2, 1.2²)) and
+  EDM's weight (ρ² + σ_data²)/σ_data² on the ε-error (σ_data = 0.5), applied through :func:`reweighting`.
+"""
+
+EDM_SIGMA_DATA = 0.5
+
+
+def edm_epsilon_weight(lam: Tensor, sigma_data: float = EDM_SIGMA_DATA) -> Tensor:
+    """EDM's loss weight λ(ρ) = (ρ² + σ_d²)/(ρ σ_d)² on the denoiser error, as a weight on the ε-error:
+    (ρ² + σ_d²)/σ_d² with ρ = e^{−λ/2} (the denoiser error is ρ times the ε-error). Shape of ``lam``."""
+    return (torch.exp(-lam) + sigma_data**2) / sigma_data**2
+
+
+def toy_flow_with_loss(dataset: str, loss: str, *, steps: int | None = None, seed: int = 0,
+                       progress: bool = True):
+    """Train (or load) the zoo's 2-D MLP on ``dataset`` with one of :data:`LOSS_RECIPES`.
+
+    The three uniform-time recipes are :func:`fmlib.zoo.toy_flow` runs (shared with other chapters through
+    the cache); ``EDM-like`` uses the same network and optimiser with log-normal times and EDM's weight.
+    Returns ``(run, path, prediction)``: the :class:`fmlib.train.TrainResult`, its :class:`AffinePath` and the
+    name of what ``run.model`` predicts (for :func:`sample_ddim`).
+    """
+    from dataclasses import replace
+
+    from . import data as data_mod
+    from . import losses, models, paths, runtime, train, zoo
+
+    recipe = LOSS_RECIPES[check_choice(loss, LOSS_RECIPES, what="loss recipe")]
+    overrides = {} if steps is None else {"steps": steps}
+    path = AffinePath(paths.get_scheduler(recipe["scheduler"]))
+    if recipe["time"] == "uniform":
+        run = zoo.toy_flow(dataset, scheduler=recipe["scheduler"], parametrization=recipe["parametrization"],
+                           seed=seed, progress=progress, **overrides)
+        return run, path, recipe["parametrization"]
+    size = replace(zoo.toy_size(), **overrides)
+    runtime.seed_everything(seed)
+    model = models.MLP(dim=2, hidden=size.hidden, depth=size.depth)
+    weighting = reweighting(path, recipe["parametrization"], edm_epsilon_weight)
+
+    def loss_fn(m, batch: int, g: torch.Generator) -> Tensor:
+        device = next(m.parameters()).device
+        x1 = data_mod.sample_toy(dataset, batch, generator=g).to(device)
+        t = sample_time_log_normal(batch, path.scheduler, generator=g).to(x1)
+        return losses.conditional_flow_matching_loss(m, path, x1, t=t, parametrization=recipe["parametrization"],
+                                                     weighting=weighting, generator=g)
+
+    config = train.TrainConfig(steps=size.steps, batch_size=size.batch_size, lr=size.lr, seed=seed, amp=False)
+    key = {"recipe": "toy_flow_with_loss", "loss": loss, "dataset": dataset, "path": path.config(),
+           "sigma_data": EDM_SIGMA_DATA, "p_mean": -1.2, "p_std": 1.2}
+    run = train.train(model, loss_fn, config, name=f"toy-{dataset}-edm-like", key=key, progress=progress)
+    return run, path, recipe["parametrization"]

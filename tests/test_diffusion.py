@@ -328,3 +328,19 @@ def test_grids_are_increasing_with_the_requested_levels(grid_fn):
     rho = (1 - grid[1:-1]) / grid[1:-1]
     assert rho[0].item() == pytest.approx(80.0, rel=1e-9)
     assert rho[-1].item() == pytest.approx(0.002, rel=1e-6)
+
+
+def test_edm_epsilon_weight_is_edm_weight_times_rho_squared():
+    lam = torch.linspace(-6, 6, 7, dtype=F64)
+    rho = torch.exp(-lam / 2)
+    edm = (rho**2 + 0.25) / (rho * 0.5) ** 2          # EDM's λ(σ) on the denoiser error
+    torch.testing.assert_close(diffusion.edm_epsilon_weight(lam), edm * rho**2)
+
+
+def test_toy_flow_with_loss_edm_like_trains_and_rejects_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMLIB_CACHE_DIR", str(tmp_path))
+    run, path, pred = diffusion.toy_flow_with_loss("moons", "EDM-like", steps=3, progress=False)
+    assert pred == "velocity" and isinstance(path.scheduler, paths.CondOTScheduler)
+    assert len(run.losses) == 3 and all(math.isfinite(float(v)) for v in run.losses)
+    with pytest.raises(ValueError, match="loss recipe"):
+        diffusion.toy_flow_with_loss("moons", "huber")
