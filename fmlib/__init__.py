@@ -6,7 +6,8 @@ x_t = t x1 + (1 − t) x0.
 Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.paths` (schedulers, affine
 paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
 samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
-:mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
+:mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.diffusion` (SDEs, log-SNR, DDIM/η
+samplers, loss weightings), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
 :mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.report` (tables, glue
 and checks in a page), :mod:`~fmlib.symbolic` (sympy checks),
 :mod:`~fmlib.zoo` (standard training recipes shared by the chapters).
@@ -18,6 +19,7 @@ from . import (  # noqa: E402
     analytic,
     checkpoint,
     data,
+    diffusion,
     guidance,
     likelihood,
     losses,
@@ -38,6 +40,7 @@ __all__ = [
     "analytic",
     "checkpoint",
     "data",
+    "diffusion",
     "guidance",
     "likelihood",
     "losses",
