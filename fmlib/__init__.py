@@ -9,7 +9,8 @@ samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance`
 :mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
 :mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.report` (tables, glue
 and checks in a page), :mod:`~fmlib.symbolic` (sympy checks),
-:mod:`~fmlib.zoo` (standard training recipes shared by the chapters).
+:mod:`~fmlib.zoo` (standard training recipes shared by the chapters), :mod:`~fmlib.couplings`
+(independent, minibatch-OT and entropic couplings), :mod:`~fmlib.transport` (kinetic energy, Gaussian OT, reflow).
 """
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 from . import (  # noqa: E402
     analytic,
     checkpoint,
+    couplings,
     data,
     guidance,
     likelihood,
@@ -30,6 +32,7 @@ from . import (  # noqa: E402
     solvers,
     symbolic,
     train,
+    transport,
     zoo,
 )
 
@@ -37,6 +40,7 @@ __all__ = [
     "__version__",
     "analytic",
     "checkpoint",
+    "couplings",
     "data",
     "guidance",
     "likelihood",
@@ -50,5 +54,6 @@ __all__ = [
     "solvers",
     "symbolic",
     "train",
+    "transport",
     "zoo",
 ]
