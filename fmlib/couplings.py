@@ -6,7 +6,7 @@ coupling here returns the same two batches re-paired:
 
 * ``independent``: the pairs as drawn, (x0_i, x1_i);
 * ``ot`` (minibatch optimal transport): (x0_i, x1_σ(i)) with σ the permutation minimising
-  Σ_i ‖x0_i − x1_σ(i)‖², found exactly (:func:`ot_assignment`, the Hungarian algorithm, O(B³));
+  Σ_i ‖x0_i − x1_σ(i)‖², found exactly (:func:`ot_assignment`: network simplex, or Hungarian, ~O(B³));
 * ``entropic``: x1_j drawn for each x0_i from row i of the entropic plan
   π_ε = argmin_π Σ_ij π_ij C_ij − ε H(π) with uniform marginals 1/B (Sinkhorn, POT); as ε → 0 it tends
   to the ``ot`` pairing and as ε → ∞ to the independent one.
@@ -61,20 +61,35 @@ def pairwise_sq_distances(x0: Tensor, x1: Tensor) -> Tensor:
 def ot_assignment(x0: Tensor, x1: Tensor) -> Tensor:
     """The permutation σ [B] (int64, on x1's device) minimising Σ_i ‖x0_i − x1_σ(i)‖².
 
-    Exact: scipy's ``linear_sum_assignment`` (a Hungarian-type algorithm, O(B³) time, O(B²) memory) on the
-    squared-distance matrix. For uniform weights on B points each, an optimal transport plan between the two
-    empirical measures can always be taken to be a permutation (Birkhoff), so this is the exact minibatch OT.
+    Exact. For uniform weights on B points each, an optimal transport plan between the two empirical measures
+    can always be taken to be a permutation (Birkhoff), so this is the exact minibatch OT. Solved by POT's
+    network simplex (``ot.emd``) on the squared-distance matrix, whose optimal vertex is a permutation
+    matrix; should it return a non-permutation plan (ties) or stop early, scipy's ``linear_sum_assignment``
+    (Hungarian-type, O(B³)) solves the same problem instead. The network simplex is the faster of the two
+    on Euclidean costs (a few times at B = 1024); both grow roughly cubically in B.
 
     Raises:
         ValueError: shapes differ, no batch axis, non-floating or non-finite input.
     """
+    import ot
     from scipy.optimize import linear_sum_assignment
 
     cost = pairwise_sq_distances(x0, x1).numpy()
-    rows, cols = linear_sum_assignment(cost)
-    perm = np.empty_like(cols)
-    perm[rows] = cols
-    return torch.from_numpy(perm).to(device=x1.device, dtype=torch.long)
+    n = cost.shape[0]
+    weights = np.full(n, 1.0 / n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan, log = ot.emd(weights, weights, cost, numItermax=int(max(1_000_000, 50 * n * n)), log=True)
+    cols = plan.argmax(axis=1)
+    is_permutation = (log.get("result_code") == 1 and not caught
+                      and np.allclose(plan[np.arange(n), cols], 1.0 / n) and len(set(cols.tolist())) == n)
+    if is_permutation:
+        perm = cols
+    else:
+        rows, cols = linear_sum_assignment(cost)
+        perm = np.empty_like(cols)
+        perm[rows] = cols
+    return torch.from_numpy(np.asarray(perm, dtype=np.int64)).to(device=x1.device)
 
 
 def independent_coupling(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,7 +131,7 @@ def entropic_plan(x0: Tensor, x1: Tensor, *, epsilon: float) -> Tensor:
     weights = np.full(n, 1.0 / n)
     scale = float(cost.mean()) or 1.0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # convergence is checked below, with a clear error
+        warnings.simplefilter("ignore")  # convergence (and underflow, NaN) is checked below, with a clear error
         plan = ot.sinkhorn(weights, weights, cost / scale, eps, method="sinkhorn", numItermax=100_000,
                            stopThr=1e-9)
     plan = torch.from_numpy(np.asarray(plan, dtype=np.float64))

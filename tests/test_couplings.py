@@ -121,8 +121,29 @@ def test_bad_input_raises(bad):
         bad()
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_unconverged_sinkhorn_raises():
     g = torch.Generator().manual_seed(7)
     x0, x1 = torch.randn(16, 2, generator=g), 5 + torch.randn(16, 2, generator=g)
     with pytest.raises(RuntimeError, match="did not converge"):
         couplings.entropic_plan(x0, x1, epsilon=1e-5)
+
+
+def test_ot_assignment_cost_equals_scipy_hungarian_on_point_clouds():
+    from scipy.optimize import linear_sum_assignment
+
+    g = torch.Generator().manual_seed(8)
+    for n in (16, 200):
+        x0, x1 = torch.randn(n, 2, generator=g), 2 + torch.rand(n, 2, generator=g)
+        cost = couplings.pairwise_sq_distances(x0, x1).numpy()
+        rows, cols = linear_sum_assignment(cost)
+        sigma = couplings.ot_assignment(x0, x1)
+        assert sorted(sigma.tolist()) == list(range(n))          # a permutation
+        assert float(cost[np.arange(n), sigma.numpy()].sum()) == pytest.approx(float(cost[rows, cols].sum()),
+                                                                               rel=1e-12)
+
+
+def test_ot_assignment_with_ties_still_returns_a_permutation():
+    x0 = torch.zeros(6, 2)                       # every pairing costs the same
+    x1 = torch.ones(6, 2)
+    assert sorted(couplings.ot_assignment(x0, x1).tolist()) == list(range(6))
