@@ -10,7 +10,8 @@ samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance`
 samplers, loss weightings), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
 :mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.report` (tables, glue
 and checks in a page), :mod:`~fmlib.symbolic` (sympy checks),
-:mod:`~fmlib.zoo` (standard training recipes shared by the chapters).
+:mod:`~fmlib.zoo` (standard training recipes shared by the chapters), :mod:`~fmlib.couplings`
+(independent, minibatch-OT and entropic couplings), :mod:`~fmlib.transport` (kinetic energy, Gaussian OT, reflow).
 """
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 from . import (  # noqa: E402
     analytic,
     checkpoint,
+    couplings,
     data,
     diffusion,
     guidance,
@@ -32,6 +34,7 @@ from . import (  # noqa: E402
     solvers,
     symbolic,
     train,
+    transport,
     zoo,
 )
 
@@ -39,6 +42,7 @@ __all__ = [
     "__version__",
     "analytic",
     "checkpoint",
+    "couplings",
     "data",
     "diffusion",
     "guidance",
@@ -53,5 +57,6 @@ __all__ = [
     "solvers",
     "symbolic",
     "train",
+    "transport",
     "zoo",
 ]
