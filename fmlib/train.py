@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._checks import loss_check_deferred
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate", "progress_mode"]
@@ -55,7 +56,7 @@ class TrainConfig:
 
     Raises:
         ValueError: steps or batch_size < 1, lr ≤ 0, weight_decay < 0, ema_decay outside [0, 1],
-            grad_clip ≤ 0, warmup_steps < 0, unknown lr_schedule, negative seed.
+            grad_clip ≤ 0, warmup_steps < 0 or > steps, unknown lr_schedule, negative seed.
     """
 
     steps: int
@@ -76,6 +77,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
             raise ValueError(f"TrainConfig.warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} exceeds steps={self.steps}: the "
+                             "learning rate would never reach lr; use warmup_steps <= steps")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"TrainConfig.seed must be a non-negative int, got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -317,13 +321,31 @@ def _load_cached(model: nn.Module, path: Path, key: str) -> tuple[nn.Module, np.
     return ema_model, losses, seconds
 
 
+CHECK_EVERY = 100
+"""The trainer reads its losses back from the device (one host sync) every this many steps and at the end."""
+
+
 def _raise_nonfinite(losses: Tensor, first: int, name: str, steps: int) -> None:
-    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …) holds NaN or inf."""
+    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …, on the CPU) holds NaN or inf;
+    the message names the checked step range and the first bad step."""
     bad = ~torch.isfinite(losses)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
-        raise FloatingPointError(f"training {name!r}: the loss is {losses[i].item()} at step {first + i} of {steps}"
-                                 " (lower the learning rate, check the data and the loss for divisions by ~0)")
+        raise FloatingPointError(
+            f"training {name!r}: the loss became non-finite between steps {first} and {first + len(losses) - 1} "
+            f"of {steps} (first at step {first + i}: {losses[i].item()}); training stopped there. Lower the "
+            "learning rate, check the data for NaN/inf and the loss for divisions by ~0")
+
+
+def _warn_if_diverged(losses: np.ndarray, name: str) -> None:
+    """RuntimeWarning when the run ended far above where it started: the mean loss of the last 10 % of the steps
+    is more than 10× the lowest loss of the first 10 %, when that is positive (a learning rate too high, typically)."""
+    n = max(1, len(losses) // 10)
+    first, last = float(np.min(losses[:n])), float(np.mean(losses[-n:]))
+    if len(losses) >= 20 and first > 0 and last > 10.0 * first:
+        warnings.warn(f"training {name!r} diverged: the mean loss of the last {n} steps is {last:.3g}, more than "
+                      f"10× the lowest of the first {n} ({first:.3g}); the returned model is not trained (lower "
+                      "the learning rate)", RuntimeWarning, stacklevel=3)
 
 
 def _check_loss(loss: object) -> Tensor:
@@ -362,8 +384,9 @@ def train(
     unless ``progress=False`` or ``FMLIB_PROGRESS=0``; ``FMLIB_PROGRESS=summary`` prints one line at the end
     instead (:func:`progress_mode`). ``cache=False`` or ``FMLIB_CACHE=0`` neither reads
     nor writes the cache; an unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a
-    failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
-    loss is checked for NaN every 50 steps (to avoid a sync per step), on the CPU at every step.
+    failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; the
+    losses stay on the device and are checked for NaN/inf every :data:`CHECK_EVERY` steps and at the end
+    (no host sync per step; a non-finite loss stops the run with the step range in the message).
     ``FMLIB_MAX_STEPS=N`` (a smoke test, see :mod:`fmlib.runtime`) trains min(steps, N) steps, with a
     RuntimeWarning; the cap is part of the cache key through the shortened config.
 
@@ -417,7 +440,7 @@ def train(
     ema = EMA(model, config.ema_decay)
     use_amp = config.amp and dev.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    check_every = 1 if dev.type == "cpu" else 50
+    check_every = CHECK_EVERY  # no host sync in between: the losses stay on the device until checked
     losses = torch.empty(steps, dtype=torch.float32, device=dev)
     smoothed: float | None = None
     checked = 0
@@ -436,7 +459,7 @@ def train(
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast():
+            with autocast(), loss_check_deferred():
                 loss = loss_fn(model, config.batch_size, generator)
             loss = _check_loss(loss) if step == 0 else loss.reshape(())
             optimizer.zero_grad(set_to_none=True)
@@ -473,6 +496,7 @@ def train(
     model.eval()
     ema_model.eval()
     losses_np = losses.cpu().numpy().astype(np.float64)
+    _warn_if_diverged(losses_np, name)
     if path is not None:
         _save_run(path, name=name, key=run_key, model=model, ema_model=ema_model, losses=losses, seconds=seconds,
                   config=config)
