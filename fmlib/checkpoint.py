@@ -72,6 +72,11 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
         raise TypeError(f"a checkpoint must be a dict, got {type(obj).__name__}")
     _check_plain(obj)
     path = Path(path)
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot write the checkpoint {path}: {folder} is a file, not a folder")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".tmp", dir=path.parent)
     tmp = Path(tmp_name)
@@ -103,8 +108,11 @@ def load_checkpoint(path: str | Path, *, map_location: str | None = "cpu") -> di
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, refused globals, …: all mean "not a checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        warnings.warn(f"could not read checkpoint {path} ({type(err).__name__}: {first[:300]})",
+        # torch's message for a refused file advises weights_only=False, i.e. running whatever the file holds:
+        # fmlib never passes that advice on
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip() and "weights_only" not in ln]
+        reason = lines[0][:300] if lines else "not a torch checkpoint"
+        warnings.warn(f"could not read checkpoint {path} ({type(err).__name__}: {reason}); it is not used",
                       RuntimeWarning, stacklevel=2)
         return None
     if not isinstance(obj, dict):
