@@ -103,16 +103,25 @@ def max_train_steps() -> int | None:
     Raises:
         ValueError: ``FMLIB_MAX_STEPS`` is set but is not a positive integer.
     """
-    text = os.environ.get("FMLIB_MAX_STEPS", "").strip()
+    return _positive_env_int("FMLIB_MAX_STEPS", "a cap on training steps")
+
+
+def _positive_env_int(name: str, what: str) -> int | None:
+    """The environment variable ``name`` as a positive int, None when unset or blank.
+
+    Raises:
+        ValueError: it is set to anything else (the message says what it is: ``what``).
+    """
+    text = os.environ.get(name, "").strip()
     if not text:
         return None
     try:
-        cap = int(text)
+        value = int(text)
     except ValueError:
-        cap = 0
-    if cap < 1:
-        raise ValueError(f"FMLIB_MAX_STEPS={text!r} must be a positive integer (a cap on training steps)")
-    return cap
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name}={text!r} must be a positive integer ({what})")
+    return value
 
 
 def _available_cores() -> int:
@@ -151,16 +160,7 @@ def _busy_cores(window: float = 0.25) -> int:
 
 def _env_threads() -> int | None:
     """``FMLIB_THREADS`` as a positive int, None when unset; ``ValueError`` for anything else."""
-    env = os.environ.get("FMLIB_THREADS", "").strip()
-    if not env:
-        return None
-    try:
-        n = int(env)
-    except ValueError:
-        raise ValueError(f"FMLIB_THREADS={env!r} is not an integer") from None
-    if n < 1:
-        raise ValueError(f"FMLIB_THREADS must be positive, got {n}")
-    return n
+    return _positive_env_int("FMLIB_THREADS", "torch CPU threads")
 
 
 def configure_threads(max_threads: int | None = None) -> int:

@@ -717,6 +717,17 @@ def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, r
                        key=run_key, path=path)
 
 
+def model_architecture(model: nn.Module) -> dict | None:
+    """``{"class": "MLP", "kwargs": {...}}`` for a model of :mod:`fmlib.models` (what
+    :func:`fmlib.checkpoint.load_model` rebuilds), None for any other model."""
+    from . import models
+
+    cls = type(model)
+    if getattr(models, cls.__name__, None) is not cls or not hasattr(model, "config"):
+        return None
+    return {"class": cls.__name__, "kwargs": model.config()}
+
+
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
@@ -729,6 +740,9 @@ def _save_run(path: Path, *, name: str, key: str, model: nn.Module, ema_model: n
     ckpt = {"key": key, "name": name, "raw": _cpu_state(model), "ema": _cpu_state(ema_model),
             "losses": losses.detach().cpu(), "seconds": float(seconds), "config": asdict(config),
             "fmlib_version": __version__}
+    architecture = model_architecture(model)
+    if architecture is not None:
+        ckpt["architecture"] = architecture
     try:
         save_checkpoint(ckpt, path)
     except (OSError, TypeError) as err:

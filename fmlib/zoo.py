@@ -101,10 +101,10 @@ def toy_flow(
     runtime.seed_everything(seed)
     model = models.MLP(dim=2, hidden=size.hidden, depth=size.depth)
 
-    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> torch.Tensor:
-        x1 = data_mod.sample_toy(dataset, batch, generator=g).to(_model_device(m))
-        return losses.conditional_flow_matching_loss(m, path, x1, t_max=t_max, parametrization=parametrization,
-                                                     generator=g)
+    def sample_x1(batch: int, g: torch.Generator) -> torch.Tensor:
+        return data_mod.sample_toy(dataset, batch, generator=g)
+
+    loss_fn = losses.cfm_loss_fn(path, sample_x1, parametrization=parametrization, t_max=t_max)
 
     # full float32 on every device: a 2-D MLP gains nothing from bf16 autocast, and its losses and samples are
     # compared with closed forms to ~1e-3, which bf16's 8-bit mantissa would blur
