@@ -118,7 +118,7 @@ def _positive_env_int(name: str, what: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        value = 0
+        raise ValueError(f"{name}={text!r} is not an integer; it must be a positive integer ({what})") from None
     if value < 1:
         raise ValueError(f"{name}={text!r} must be a positive integer ({what})")
     return value
