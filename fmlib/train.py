@@ -387,10 +387,11 @@ _PROGRESS_MODES = {"1": "bar", "true": "bar", "yes": "bar", "on": "bar", "bar": 
                    "summary": "summary", "0": "off", "false": "off", "no": "off", "off": "off"}
 
 
-_INTERACTIVE_KERNEL_ENV = ("JPY_SESSION_NAME", "COLAB_RELEASE_TAG", "VSCODE_PID", "VSCODE_CWD", "PYCHARM_HOSTED",
-                           "SPYDER_ARGS", "DATABRICKS_RUNTIME_VERSION")
-"""Variables that the front ends people watch set in their kernels' environment (Jupyter server, Colab, VS Code,
-PyCharm, Spyder, Databricks); a kernel without any of them was started by a batch executor."""
+_INTERACTIVE_KERNEL_ENV = ("JPY_SESSION_NAME", "COLAB_RELEASE_TAG", "SPYDER_ARGS", "DATABRICKS_RUNTIME_VERSION")
+"""Variables that the front ends people watch set in their kernels' environment (Jupyter server, Colab, Spyder,
+Databricks); a kernel without any of them was started by a batch executor. (Editors' variables such as VS Code's
+are left out: a book built from an editor's terminal inherits them. A notebook in such an editor gets the
+one-line summary, not a bar.)"""
 
 
 def _in_batch_kernel() -> bool:
