@@ -3,9 +3,12 @@ GPU, and a checkpoint cache.
 
 The cache key is a hash of: the run's ``name``, the model's class and constructor-relevant structure
 (``repr(model)`` and parameter shapes), the :class:`TrainConfig`, the caller's ``key`` dict (data set, path,
-parametrization, …), the fmlib version and a digest of fmlib's source files. A later chapter asking for
-the same run gets the stored weights instead of training again. The cache folder is ``FMLIB_CACHE_DIR``
-(default ``~/.cache/fmlib``); ``FMLIB_CACHE=0`` turns it off. A corrupt cache file is retrained, not fatal.
+parametrization, …), a fingerprint of ``loss_fn`` (:func:`loss_fingerprint`: its code and the values it
+closes over), the fmlib version and a digest of fmlib's source files. A later chapter asking for the same
+run gets the stored weights instead of training again; processes asking for the same uncached run at once
+train it once (a lock file next to the checkpoint: the others wait, then load). The cache folder is
+``FMLIB_CACHE_DIR`` (default ``~/.cache/fmlib``); ``FMLIB_CACHE=0`` turns it off; a folder that cannot be
+written warns once and the runs train uncached. A corrupt cache file is retrained, not fatal.
 
 A training step k = 0, …, steps − 1 is
 
