@@ -346,11 +346,12 @@ def loss_fingerprint(loss_fn: Callable[..., Any], depth: int = 6) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_DATA_KEYS = ("data", "dataset", "source", "data_digest")
+_DATA_KEYS = ("data", "dataset", "source", "data_digest", "recipe")
 
 
 def _describes_data(key: Mapping[str, Any] | None) -> bool:
-    """Whether a cache ``key`` names its data (one of :data:`_DATA_KEYS`)."""
+    """Whether a cache ``key`` names its data (one of :data:`_DATA_KEYS`; fmlib's recipes, ``recipe``, put
+    the data's settings into their keys)."""
     return bool(key) and any(k in key for k in _DATA_KEYS)
 
 
