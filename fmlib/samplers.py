@@ -38,7 +38,7 @@ from .paths import PARAMETRIZATIONS, AffinePath, Scheduler
 from .solvers import _TABLEAUS, FIXED_STEP_METHODS, NFE_PER_STEP, NFECounter, ODESolution, VelocityField
 from .solvers import _check_velocity_output, _require_finite, _rk_step, _time_batch
 
-__all__ = ["butcher_tableau", "check_grid", "solve_on_grid", "cosine_grid", "EXPONENTIAL_ORDERS",
+__all__ = ["ButcherTableau", "butcher_tableau", "check_grid", "solve_on_grid", "cosine_grid", "EXPONENTIAL_ORDERS",
            "sample_exponential"]
 
 EXPONENTIAL_ORDERS: tuple[int, ...] = (1, 2)
