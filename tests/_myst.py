@@ -12,3 +12,26 @@ kernelspec:
   name: python3
 ---
 """
+
+
+def tiny_book(folder, chapters: dict[str, str]):
+    """A small book in ``folder/book`` with the repository's _config.yml and the given chapters (name: text).
+
+    The config's local extension path (tools/book_engine.py) is made absolute, so the copy finds it.
+    """
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    book = Path(folder) / "book"
+    book.mkdir()
+    config = (root / "_config.yml").read_text()
+    assert "book_engine: tools" in config
+    (book / "_config.yml").write_text(config.replace("book_engine: tools", f"book_engine: {root / 'tools'}"))
+    shutil.copy(root / "book" / "references.bib", book / "references.bib")
+    toc = "".join(f"  - file: {name}\n" for name in chapters)
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n" + toc)
+    (book / "intro.md").write_text("# Intro\n\nA tiny book.\n")
+    for name, text in chapters.items():
+        (book / f"{name}.md").write_text(text)
+    return book
