@@ -15,9 +15,10 @@ starts (``builder-inited``, after myst-nb has read its configuration), it
    is **stale**: its jupyter-cache entry is removed;
 4. executes the stale chapters, each in its own kernel (a worker process running nbclient), as many at once
    as there are cores (``FMLIB_BOOK_JOBS`` overrides), the torch threads split between them
-   (``FMLIB_THREADS``, unless set), longest first by the last recorded execution times (chapters never timed
-   go first). The executed notebooks are stored in jupyter-cache, where myst-nb (``execute_notebooks:
-   cache``) finds them, so myst-nb itself executes nothing;
+   (``FMLIB_THREADS``, unless set; a kernel running alone lets fmlib take the free cores), longest first
+   by the last recorded execution times (chapters never timed go first, most code first). The executed
+   notebooks are stored in jupyter-cache, where myst-nb (``execute_notebooks: cache``) finds them, so
+   myst-nb itself executes nothing;
 5. tells Sphinx to re-read the re-executed chapters (``env-get-outdated``): an fmlib change re-renders pages
    whose Markdown did not change;
 6. prints a timing table (per chapter: seconds executed now, or "cached" with the seconds of the run that
@@ -162,6 +163,11 @@ class Chapter:
     def name(self) -> str:
         return Path(self.docname).name
 
+    @property
+    def code_size(self) -> int:
+        """Characters of code: orders the chapters never timed (more code first)."""
+        return sum(len(c.source) for c in self.notebook.cells if c.cell_type == "code")
+
 
 def run_worker(src: str, dst: str, cwd: str, timeout: int) -> int:
     """In a worker process: execute the notebook ``src`` with cwd ``cwd``; write it with outputs to ``dst``.
@@ -191,17 +197,21 @@ def run_worker(src: str, dst: str, cwd: str, timeout: int) -> int:
 
 def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[str, float],
                      jobs: int | None = None, log=print) -> float:
-    """Execute ``chapters`` in worker processes, longest first; fill in seconds/error/executed. Returns wall s."""
+    """Execute ``chapters`` in worker processes, longest first; fill in seconds, error, executed.
+
+    Returns the wall time in seconds.
+    """
     if not chapters:
         return 0.0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = int(os.environ.get("FMLIB_BOOK_JOBS", "0") or 0) or jobs or cores
     workers = max(1, min(jobs, len(chapters)))
-    threads = max(1, cores // workers)
-    queue = sorted(chapters, key=lambda c: -order.get(c.docname, float("inf")))
+    # one kernel alone: fmlib.runtime.configure_threads takes the cores other work leaves free
+    threads = max(1, cores // workers) if workers > 1 else None
+    queue = sorted(chapters, key=lambda c: (-order.get(c.docname, float("inf")), -c.code_size))
     env = kernel_environ(threads)
     log(f"book_engine: executing {len(queue)} chapter(s), {workers} at once, FMLIB_THREADS="
-        f"{env['FMLIB_THREADS']} each: " + ", ".join(c.name for c in queue))
+        f"{env.get('FMLIB_THREADS', 'auto')} each: " + ", ".join(c.name for c in queue))
 
     def one(chapter: Chapter, tmp: Path) -> None:
         src, dst = tmp / f"{chapter.name}.in.ipynb", tmp / f"{chapter.name}.out.ipynb"
@@ -217,7 +227,8 @@ def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[
             chapter.executed = nbformat.read(dst, as_version=4)
         else:
             chapter.seconds = time.perf_counter() - start
-            chapter.error = f"the worker executing the chapter exited with {proc.returncode}:\n{proc.stderr[-4000:]}"
+            chapter.error = (f"the worker executing the chapter exited with {proc.returncode}:\n"
+                             f"{proc.stderr[-4000:]}")
             chapter.executed = chapter.notebook
         state = "FAILED" if chapter.error else "done"
         log(f"book_engine: {chapter.name}: {state} in {chapter.seconds:.1f} s")
@@ -348,8 +359,8 @@ def builder_inited(app) -> None:
                             log=logger.info)
     reports = Path(app.outdir) / "reports"
     for c in stale:
-        cache.cache_notebook_bundle(CacheBundleIn(c.executed, str(c.path), data={"execution_seconds": c.seconds}),
-                                    check_validity=False, overwrite=True)
+        bundle = CacheBundleIn(c.executed, str(c.path), data={"execution_seconds": c.seconds})
+        cache.cache_notebook_bundle(bundle, check_validity=False, overwrite=True)
         state[c.docname] = {"key": c.key, "hash": c.code_hash, "seconds": c.seconds,
                             "status": "failed" if c.error else "ok"}
         recorded[c.docname] = c.seconds
