@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 from _myst import MYST_HEADER, tiny_book
 
@@ -79,6 +80,17 @@ def test_the_library_digest_sees_every_file(tmp_path, monkeypatch):
     assert second != first
     (pkg / "style.mplstyle").write_text("lines.linewidth: 1\n")
     assert book_engine.package_digest("enginepkg") != second
+
+
+def test_queue_is_longest_first_and_new_chapters_start_first():
+    def chapter(name: str, code: str):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+        return book_engine.Chapter(name, Path(f"{name}.md"), nb)
+
+    chapters = [chapter("short", "x"), chapter("long", "x"), chapter("new_small", "x"),
+                chapter("new_big", "x" * 100)]
+    order = book_engine.queue_order(chapters, {"short": 10.0, "long": 200.0})
+    assert [c.docname for c in order] == ["new_big", "new_small", "long", "short"]
 
 
 def _jb(book: Path, env: dict) -> subprocess.CompletedProcess:

@@ -195,6 +195,11 @@ def run_worker(src: str, dst: str, cwd: str, timeout: int) -> int:
     return 0
 
 
+def queue_order(chapters: list[Chapter], recorded: dict[str, float]) -> list[Chapter]:
+    """Longest first by the recorded seconds; chapters never timed before all others, most code first."""
+    return sorted(chapters, key=lambda c: (-recorded.get(c.docname, float("inf")), -c.code_size))
+
+
 def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[str, float],
                      jobs: int | None = None, log=print) -> float:
     """Execute ``chapters`` in worker processes, longest first; fill in seconds, error, executed.
@@ -208,7 +213,7 @@ def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[
     workers = max(1, min(jobs, len(chapters)))
     # one kernel alone: fmlib.runtime.configure_threads takes the cores other work leaves free
     threads = max(1, cores // workers) if workers > 1 else None
-    queue = sorted(chapters, key=lambda c: (-order.get(c.docname, float("inf")), -c.code_size))
+    queue = queue_order(chapters, order)
     env = kernel_environ(threads)
     log(f"book_engine: executing {len(queue)} chapter(s), {workers} at once, FMLIB_THREADS="
         f"{env.get('FMLIB_THREADS', 'auto')} each: " + ", ".join(c.name for c in queue))
