@@ -54,6 +54,10 @@ import nbformat
 STATE_FILE = "fmbook-state.json"
 """In the jupyter-cache folder: per chapter its key, the cache hash, status and execution time."""
 
+OK_MARKER = "build-ok"
+"""In ``_build``: written when a build finishes with no warning, removed when one starts. tools/build_book.py
+builds incrementally only after such a build (an incremental -W build reports only the pages it re-reads)."""
+
 TIMINGS_FILE = "fmbook-timings.json"
 """In ``_build``: the last build's timing table, and each chapter's last execution time (queue order)."""
 
@@ -395,9 +399,24 @@ def env_get_outdated(app, env, added, changed, removed) -> list[str]:
     return sorted(getattr(env, "book_engine_rerun", set()) - set(added) - set(changed))
 
 
+def _marker(app) -> Path:
+    return Path(app.outdir).parent / OK_MARKER
+
+
+def forget_success(app) -> None:
+    _marker(app).unlink(missing_ok=True)
+
+
+def record_success(app, exception) -> None:
+    if exception is None and app.statuscode == 0 and getattr(app, "_warncount", 1) == 0:
+        _marker(app).write_text("the last build of this folder finished with no warning\n")
+
+
 def setup(app):
+    app.connect("builder-inited", forget_success, priority=100)
     app.connect("builder-inited", builder_inited, priority=900)  # after myst-nb sets env.mystnb_config
     app.connect("env-get-outdated", env_get_outdated)
+    app.connect("build-finished", record_success)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "env_version": 1}
 
 

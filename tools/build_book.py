@@ -3,13 +3,15 @@
 
     python tools/build_book.py [--profile quick|full|auto] [--fresh | --fresh-cache] [--book-dir book]
 
-* runs ``jupyter-book build <book> -W --keep-going --all``: a fresh Sphinx environment, every page read
-  again, so no warning hides in an incremental build;
+* runs ``jupyter-book build <book> -W --keep-going``. After a build with no warning (the marker
+  ``_build/build-ok``, kept by the engine), it is incremental, as plain ``jupyter-book build book/`` is: Sphinx re-reads the
+  changed pages and those whose chapter the engine re-executed; a -W build with no warning has no warning to
+  hide. Otherwise (a first build, a failed one, ``--fresh``) everything in ``_build`` but the execution cache
+  and the timings is removed and ``--all`` re-reads every page;
 * chapters are executed by tools/book_engine.py (a Sphinx extension listed in ``_config.yml``): only those
   whose key (code cells, fmlib's files, profile, ``FMLIB_*`` settings, package versions) changed since
   their cached outputs were made, several at once, longest first. ``_build/.jupyter_cache`` (the outputs)
-  and ``_build/fmbook-timings.json`` (the queue order) are kept between builds; everything else in
-  ``_build`` is removed first;
+  and ``_build/fmbook-timings.json`` (the queue order) are kept between builds;
 * ``--fresh`` also removes the execution cache: every chapter executes;
 * ``--fresh-cache`` (``make test``, CI) is ``--fresh`` with ``FMLIB_CACHE_DIR`` at an empty folder inside
   _build, so every model is trained in this build; otherwise the user's cache (``~/.cache/fmlib``) is reused;
@@ -35,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from book_engine import TIMINGS_FILE  # noqa: E402
+from book_engine import OK_MARKER, TIMINGS_FILE  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no _config.yml in {book} or above it", file=sys.stderr)
         return 2
     build = config.parent / "_build"  # where jupyter-book puts it: beside the _config.yml it found
-    clean_build(build, keep_outputs=not (args.fresh or args.fresh_cache))
+    fresh = args.fresh or args.fresh_cache
+    marker = build / OK_MARKER  # tools/book_engine.py removes it when a build starts, writes it if no warning
+    incremental = marker.exists() and not fresh
+    if not incremental:
+        clean_build(build, keep_outputs=not fresh)
 
     env = dict(os.environ)
     if args.profile != "auto":
@@ -70,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if jb is None:
         print("jupyter-book is not installed in this environment (pip install -r requirements.txt)", file=sys.stderr)
         return 2
-    cmd = [jb, "build", str(book), "-W", "--keep-going", "--all", "--path-output", str(config.parent)]
+    cmd = [jb, "build", str(book), "-W", "--keep-going", "--path-output", str(config.parent)]
+    cmd += [] if incremental else ["--all"]
     print(f"$ {' '.join(cmd)}   (FMLIB_PROFILE={env.get('FMLIB_PROFILE', 'auto')}, "
           f"FMLIB_CACHE_DIR={env.get('FMLIB_CACHE_DIR', 'default')})", flush=True)
 
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {intro} does not contain the notation table")
     if code != 0 or failed or missing:
         print(f"\nBOOK BUILD FAILED (jupyter-book exit code {code}).")
+        marker.unlink(missing_ok=True)
         return code or 1
     print("\nBook built: " + str(build / "html" / "index.html"))
     return 0
