@@ -67,8 +67,11 @@ IRRELEVANT_ENV = frozenset({
     "FMLIB_CACHE_DIR",
     "FMLIB_DATA_DIR",  # where downloads live, not what they are
     "FMLIB_BOOK_JOBS",  # how many chapters run at once
+    "FMLIB_PROFILE",  # in the key as the profile it resolves to (unset = quick on a CPU = "quick")
+    "FMLIB_DEVICE",  # likewise, as the device
 })
-"""``FMLIB_*`` variables left out of the key. Every other ``FMLIB_*`` variable is in it, new ones included."""
+"""``FMLIB_*`` variables left out of the key's ``env``. Every other ``FMLIB_*`` variable is in it, new ones
+included."""
 
 PACKAGES = ("torch", "numpy", "scipy", "sympy", "matplotlib", "POT", "nbclient", "ipykernel", "myst-nb")
 """Packages whose version is in the key."""
@@ -126,6 +129,19 @@ def environment_key(environ: dict[str, str] | None = None) -> dict:
             versions[name] = None
     return {"fmlib": package_digest("fmlib"), "profile": profile, "device": device,
             "env": result_env(environ), "python": platform.python_version(), "packages": versions}
+
+
+def stale_reason(record: dict, code_hash: str, env_key: dict) -> str:
+    """Why a chapter's record does not match its key now (for the build log)."""
+    if not record:
+        return "never executed here"
+    if record.get("status") != "ok":
+        return "its last run failed"
+    if record.get("hash") != code_hash:
+        return "its code cells changed"
+    old = record.get("environment", {})
+    changed = [k for k in sorted(set(old) | set(env_key)) if old.get(k) != env_key.get(k)]
+    return "changed: " + ", ".join(changed) if changed else "its cached outputs are missing"
 
 
 def chapter_key(code_hash: str, env_key: dict) -> str:
@@ -354,6 +370,7 @@ def builder_inited(app) -> None:
             c.cached_seconds = record.get("seconds")
             continue
         stale.append(c)
+        logger.info(f"book_engine: {c.name} is stale ({stale_reason(record, c.code_hash, env_key)})")
         for hashkey in {c.code_hash, record.get("hash")} - {None}:
             try:
                 from jupyter_cache.cache.db import NbCacheRecord
@@ -370,7 +387,7 @@ def builder_inited(app) -> None:
     for c in stale:
         bundle = CacheBundleIn(c.executed, str(c.path), data={"execution_seconds": c.seconds})
         cache.cache_notebook_bundle(bundle, check_validity=False, overwrite=True)
-        state[c.docname] = {"key": c.key, "hash": c.code_hash, "seconds": c.seconds,
+        state[c.docname] = {"key": c.key, "hash": c.code_hash, "seconds": c.seconds, "environment": env_key,
                             "status": "failed" if c.error else "ok"}
         recorded[c.docname] = c.seconds
         app.env.book_engine_rerun.add(c.docname)
