@@ -23,7 +23,17 @@ from torch import Tensor, nn
 
 from ._checks import as_time
 
-__all__ = ["SinusoidalTimeEmbedding", "MLP", "UNet", "Autoencoder"]
+__all__ = ["DEFAULT_MAX_FREQ", "SinusoidalTimeEmbedding", "MLP", "UNet", "Autoencoder"]
+
+DEFAULT_MAX_FREQ: float = 30.0
+"""The highest angular frequency of the time embedding (see :class:`SinusoidalTimeEmbedding`).
+
+Chosen by measurement for t ∈ [0, 1] (``benchmarks/time_embedding.py``): with the transformer-style 1000 (meant for
+integer positions up to thousands) the trained 2-D velocity field wiggles in t (its total variation along t is
+4.5× larger on a 4001-point grid than on a 65-point one), fixed-step errors stop falling with NFE and dopri5
+needs 518 NFE at 1e-5; with 30 (about five periods over [0, 1]) the same training gives a field smooth at the
+coarse grid's scale (ratio 1.00), errors falling monotonically at each method's order, and 56 NFE at 1e-5
+(the exact marginal field of the same data: 74), with W2 no worse."""
 
 
 def _positive_int(value: object, *, name: str) -> int:
@@ -51,7 +61,8 @@ class SinusoidalTimeEmbedding(nn.Module):
     With h = dim / 2 frequencies, ω_j = max_freq^{j / (h − 1)} for j = 0, …, h − 1 (ω_0 = 1, ω_{h−1} =
     max_freq; h = 1 gives ω_0 = 1). The output is ``[sin(ω_0 t), …, sin(ω_{h−1} t), cos(ω_0 t), …,
     cos(ω_{h−1} t)]``: at t = 0 the first half is 0 and the second half 1. The low frequencies resolve
-    t ∈ [0, 1] coarsely, the high ones finely.
+    t ∈ [0, 1] coarsely, the high ones finely. ‖de/dt‖ = sqrt(Σ_j ω_j²) at every t, so ``max_freq`` bounds how
+    fast a network built on e can vary in t; the default :data:`DEFAULT_MAX_FREQ` suits t ∈ [0, 1].
 
     Raises:
         ValueError: ``dim`` not a positive even int, or ``max_freq`` < 1.
@@ -59,7 +70,7 @@ class SinusoidalTimeEmbedding(nn.Module):
 
     freqs: Tensor
 
-    def __init__(self, dim: int, max_freq: float = 1000.0) -> None:
+    def __init__(self, dim: int, max_freq: float = DEFAULT_MAX_FREQ) -> None:
         super().__init__()
         dim = _positive_int(dim, name="dim")
         if dim % 2:
@@ -154,12 +165,12 @@ class MLP(_Labelled):
     """
 
     def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 3, time_dim: int = 64,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, max_freq: float = DEFAULT_MAX_FREQ) -> None:
         super().__init__()
         self.dim = _positive_int(dim, name="dim")
         hidden = _positive_int(hidden, name="hidden")
         depth = _positive_int(depth, name="depth")
-        self.time_emb = SinusoidalTimeEmbedding(_positive_int(time_dim, name="time_dim"))
+        self.time_emb = SinusoidalTimeEmbedding(_positive_int(time_dim, name="time_dim"), max_freq)
         self._init_labels(num_classes, time_dim)
         width_in = dim + time_dim * (1 if num_classes is None else 2)
         layers: list[nn.Module] = []
@@ -245,7 +256,7 @@ class UNet(_Labelled):
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2),
                  num_res_blocks: int = 1, time_dim: int = 128, num_classes: int | None = None,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, max_freq: float = DEFAULT_MAX_FREQ) -> None:
         super().__init__()
         self.in_channels = _positive_int(in_channels, name="in_channels")
         base_channels = _positive_int(base_channels, name="base_channels")
@@ -261,7 +272,7 @@ class UNet(_Labelled):
         self.channel_mults = channel_mults
         self.factor = 2 ** (len(channel_mults) - 1)
 
-        self.time_emb = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, time_dim), nn.SiLU(),
+        self.time_emb = nn.Sequential(SinusoidalTimeEmbedding(time_dim, max_freq), nn.Linear(time_dim, time_dim), nn.SiLU(),
                                       nn.Linear(time_dim, time_dim))
         self._init_labels(num_classes, time_dim)
 

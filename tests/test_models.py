@@ -24,6 +24,31 @@ def test_time_embedding_frequencies_are_geometric_from_one_to_max_freq():
     torch.testing.assert_close(emb.freqs, torch.tensor([1.0, 10.0, 100.0, 1000.0]))
 
 
+@pytest.mark.parametrize("max_freq", [1.0, 30.0, 1000.0])
+def test_time_embedding_speed_in_t_is_the_root_sum_of_squared_frequencies(max_freq):
+    # d/dt (sin ωt, cos ωt) = ω (cos ωt, −sin ωt) has norm ω, so ‖de/dt‖ = sqrt(Σ_j ω_j²) at every t:
+    # the bound on how fast anything built on e(t) can vary in t, for a given network
+    emb = SinusoidalTimeEmbedding(16, max_freq=max_freq)
+    t = torch.linspace(0, 1, 7, dtype=torch.float64).requires_grad_()
+    jac = torch.autograd.functional.jacobian(lambda s: emb(s).sum(0), t)   # [dim, 7]: row i is d e_i/dt
+    speed = jac.norm(dim=0)
+    omega = torch.tensor(max_freq, dtype=torch.float64) ** (torch.arange(8, dtype=torch.float64) / 7)
+    torch.testing.assert_close(speed, omega.square().sum().sqrt().expand(7))
+
+
+def test_default_time_embedding_suits_the_unit_interval():
+    # t ∈ [0, 1]: the highest frequency makes a few tens of radians over the whole interval, not a thousand
+    # (benchmarks/time_embedding.py measures why: max_freq 1000 lets trained fields wiggle in t)
+    from fmlib.models import DEFAULT_MAX_FREQ
+
+    assert 1.0 < DEFAULT_MAX_FREQ <= 100.0
+    for model in (MLP(hidden=8, depth=1, time_dim=8), UNet(base_channels=8, time_dim=8)):
+        emb = model.time_emb if isinstance(model, MLP) else model.time_emb[0]
+        assert float(emb.freqs.max()) == pytest.approx(DEFAULT_MAX_FREQ)
+    assert MLP(hidden=8, depth=1, max_freq=5.0).time_emb.max_freq == 5.0
+    assert UNet(base_channels=8, time_dim=8, max_freq=5.0).time_emb[0].max_freq == 5.0
+
+
 @pytest.mark.parametrize("dim", [0, 3, -2])
 def test_time_embedding_rejects_bad_dim(dim):
     with pytest.raises(ValueError):
