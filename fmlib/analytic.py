@@ -13,6 +13,13 @@ responsibilities r_k(x) ∝ π_k N(x; α_t m_k, (α_t² s_k² + σ_t²) I)) and 
 and score ∇ log p_t(x). A finite training set {x^(i)} is the special case s_k = 0 with equal weights, whose
 marginal velocity moves every point to one of the training points (memorisation). The conditional-target
 variance Var[u_t(x | X1) | X_t = x] = tr Cov[α' X1 + σ' X0 | X_t = x] is available too.
+
+Class-conditional data (:class:`LabelledMixture`): each component k carries a class label l_k, so
+q(x | c) = Σ_{k: l_k = c} π_k N(m_k, s_k² I) / P(c) with P(c) = Σ_{k: l_k = c} π_k, and every quantity above
+exists per class. :class:`ConditionalField` gives u_t(x | c), the scores, the noisy-point class posterior
+p_t(c | x) = Σ_{k: l_k = c} r_k(x) and the tilted densities p_t(x) p_t(c | x)^w of guidance; it is callable as a
+class-conditional model ``field(x, t, y)`` with a null label (``y = C`` gives the unconditional field), so
+:func:`fmlib.guidance.guided_velocity` applied to it is the exact guided field.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from torch import Tensor
 from ._checks import check_batched
 from .paths import AffinePath, SchedulerOutput, batch_time
 
-__all__ = ["GaussianMixture", "MarginalField"]
+__all__ = ["GaussianMixture", "MarginalField", "LabelledMixture", "ConditionalField"]
 
 _CHUNK_ELEMENTS = 1 << 22
 """Rows are processed in chunks so that the [rows, K, D] difference tensor stays below this many entries."""
@@ -157,11 +164,15 @@ class GaussianMixture:
 
         Drawn on the mixture's device (the generator must live there) in the dtype of ``means``.
         """
+        return self.sample_with_components(n, generator=generator)[0]
+
+    def sample_with_components(self, n: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Like :meth:`sample`, also returning the component index k [n] (long) of each sample."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         idx = torch.multinomial(self.weights, int(n), replacement=True, generator=generator)
         noise = torch.randn(int(n), self.dim, generator=generator, dtype=self.means.dtype, device=self.means.device)
-        return self.means[idx] + self.stds.to(self.means.dtype)[idx, None] * noise
+        return self.means[idx] + self.stds.to(self.means.dtype)[idx, None] * noise, idx
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log q(x) = logsumexp_k [log π_k + log N(x; m_k, s_k² I)] for x [B, D] → [B] (requires all stds > 0).
@@ -212,6 +223,7 @@ class _Terms:
     diff: Tensor          # x − α_t m_k
     var: Tensor           # v_k = α_t² s_k² + σ_t²
     resp: Tensor          # r_k(x) = P(component k | X_t = x)
+    log_resp: Tensor      # log r_k(x), finite where r_k underflows
     log_p: Tensor         # log p_t(x)
     means: Tensor         # [K, D]
     stds2: Tensor         # [K]
@@ -276,8 +288,9 @@ class MarginalField:
             o_rows = SchedulerOutput(o.alpha[rows], o.sigma[rows], o.d_alpha[rows], o.d_sigma[rows])
             diff, logits = _component_logits(x[rows], means, o_rows.alpha, var[rows], log_w)
             log_p = torch.logsumexp(logits, dim=1)
-            resp = torch.exp(logits - log_p[:, None])
-            outputs.append(compute(_Terms(x=x[rows], diff=diff, var=var[rows], resp=resp, log_p=log_p,
+            log_resp = logits - log_p[:, None]
+            outputs.append(compute(_Terms(x=x[rows], diff=diff, var=var[rows], resp=log_resp.exp(),
+                                          log_resp=log_resp, log_p=log_p,
                                           means=means, stds2=stds2, out=o_rows)))
         return torch.cat(outputs)
 
@@ -339,3 +352,203 @@ class MarginalField:
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         """Alias of :meth:`velocity`, so the field can be passed where a model is expected."""
         return self.velocity(x, t)
+
+
+# ------------------------------------------------------------------------------- class-conditional data
+
+def _class_log_posterior(log_resp: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """log P(c | x) = logsumexp_{k: l_k = c} log r_k(x) for log_resp [B, K], labels [K] → [B, C]."""
+    member = labels[None, :] == torch.arange(num_classes, device=labels.device)[:, None]         # [C, K]
+    masked = log_resp[:, None, :].masked_fill(~member.to(log_resp.device)[None], float("-inf"))  # [B, C, K]
+    return torch.logsumexp(masked, dim=2)
+
+
+def _class_index(y: object, num_classes: int, *, allow_null: bool) -> int:
+    """``y`` checked to be a class index 0..C − 1 (or the null label C when ``allow_null``)."""
+    top = num_classes if allow_null else num_classes - 1
+    if isinstance(y, bool) or not isinstance(y, numbers.Integral) or not 0 <= y <= top:
+        what = f"a class 0..{num_classes - 1}" + (f" or the null label {num_classes}" if allow_null else "")
+        raise ValueError(f"label must be {what}, got {y!r}")
+    return int(y)
+
+
+@dataclass(frozen=True)
+class LabelledMixture:
+    """Class-conditional Gaussian-mixture data: component k of ``mixture`` belongs to class ``labels[k]``.
+
+    q(x | c) = Σ_{k: l_k = c} π_k N(x; m_k, s_k² I) / P(c), P(c) = Σ_{k: l_k = c} π_k, q(x) = Σ_c P(c) q(x | c).
+    ``labels`` [K] integer, every class 0..C − 1 present; C = :attr:`num_classes` and the null label ∅ = C.
+
+    Raises:
+        ValueError: labels not an integer [K] tensor, or some class 0..max(labels) has no component.
+    """
+
+    mixture: GaussianMixture
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mixture, GaussianMixture):
+            raise ValueError(f"mixture must be a GaussianMixture, got {type(self.mixture).__name__}")
+        k = self.mixture.n_components
+        lab = self.labels
+        if not torch.is_tensor(lab) or lab.dtype.is_floating_point or lab.dtype.is_complex or lab.dtype == torch.bool \
+                or tuple(lab.shape) != (k,):
+            raise ValueError(f"labels must be an integer tensor of shape [{k}] (one per component), got {lab!r}")
+        if int(lab.min()) < 0:
+            raise ValueError("labels must be non-negative")
+        missing = sorted(set(range(int(lab.max()) + 1)) - set(lab.tolist()))
+        if missing:
+            raise ValueError(f"every class 0..{int(lab.max())} needs a component; none for {missing}")
+        object.__setattr__(self, "labels", lab.long().to(self.mixture.means.device))
+
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes."""
+        return int(self.labels.max()) + 1
+
+    @property
+    def null_label(self) -> int:
+        """The index C of the null label ∅ (no class: the unconditional distribution)."""
+        return self.num_classes
+
+    def class_prior(self) -> Tensor:
+        """P(c) = Σ_{k: l_k = c} π_k, shape [C]."""
+        w = self.mixture.log_weights().exp()
+        return torch.zeros(self.num_classes, dtype=w.dtype, device=w.device).index_add_(0, self.labels, w)
+
+    def given(self, c: int) -> GaussianMixture:
+        """q(x | c) as a :class:`GaussianMixture` (the class's components, weights renormalised); ``c`` = ∅
+        gives q itself."""
+        c = _class_index(c, self.num_classes, allow_null=True)
+        if c == self.null_label:
+            return self.mixture
+        keep = self.labels == c
+        w = self.mixture.weights[keep]
+        return GaussianMixture(means=self.mixture.means[keep], stds=self.mixture.stds[keep], weights=w / w.sum())
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n labelled samples (x [n, D], y [n] long) of the joint q(x, c)."""
+        x, idx = self.mixture.sample_with_components(n, generator=generator)
+        return x, self.labels[idx]
+
+    def class_log_posterior(self, x: Tensor) -> Tensor:
+        """log q(c | x) for x [B, D] → [B, C] (the Bayes classifier of the data; needs all stds > 0)."""
+        if not bool((self.mixture.stds > 0).all()):
+            raise ValueError("class_log_posterior needs all stds > 0: point masses have no density")
+        x = _check_points(x, self.mixture.dim)
+        means, log_w = self.mixture.means.to(x), self.mixture.log_weights().to(x)
+        variances = self.mixture.stds.to(x).square()[None, :]
+        out = []
+        for rows in _chunk_rows(x.shape[0], means.numel()):
+            logits = _component_logits(x[rows], means, x.new_ones(x[rows].shape[0]), variances, log_w)[1]
+            out.append(_class_log_posterior(logits - torch.logsumexp(logits, 1, keepdim=True), self.labels,
+                                            self.num_classes))
+        return torch.cat(out)
+
+    def tilted_log_density(self, x: Tensor, c: int, scale: float) -> Tensor:
+        """log q(x) + w log q(c | x) = log [q(x | c) q(c | x)^{w − 1}] + log P(c), unnormalised, x [B, D] → [B].
+
+        The density CFG with weight w is often said to sample; w = 1 gives q(x | c) P(c), w = 0 gives q(x).
+        """
+        c = _class_index(c, self.num_classes, allow_null=False)
+        w = _finite(scale, "scale")
+        return self.mixture.log_prob(x) + w * self.class_log_posterior(x)[:, c]
+
+    def sample_tilted(self, n: int, c: int, scale: float, *, generator: torch.Generator | None = None,
+                      max_draws: int = 10_000_000) -> Tensor:
+        """n exact samples [n, D] of the tilted density q̃(x) ∝ q(x) q(c | x)^w (:meth:`tilted_log_density`),
+        w ≥ 0, by rejection from q: a draw x ~ q is kept with probability q(c | x)^w ≤ 1.
+
+        Raises:
+            ValueError: w < 0 or not finite, a bad class, or more than ``max_draws`` proposals needed.
+        """
+        c = _class_index(c, self.num_classes, allow_null=False)
+        w = _finite(scale, "scale")
+        if w < 0:
+            raise ValueError(f"sample_tilted needs scale ≥ 0 (acceptance q(c|x)^w ≤ 1), got {w}")
+        kept, total, draws = [], 0, 0
+        while total < n:
+            if draws >= max_draws:
+                raise ValueError(f"sample_tilted: acceptance too low ({total} of {draws} proposals kept)")
+            x = self.mixture.sample(max(1024, 2 * n), generator=generator)
+            u = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+            keep = u.log() < w * self.class_log_posterior(x)[:, c]
+            kept.append(x[keep])
+            total += int(keep.sum())
+            draws += x.shape[0]
+        return torch.cat(kept)[:n]
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+class ConditionalField:
+    """Exact class-conditional quantities of an affine path (standard Gaussian source) and labelled mixture data.
+
+    Per class c, p_t(x | c) is the marginal path of q(x | c), so u_t(x | c) and ∇log p_t(x | c) are
+    :class:`MarginalField` quantities of ``data.given(c)``; label C (the null label ∅) gives the unconditional
+    ones. ``field(x, t, y)`` is :meth:`velocity`: the exact counterpart of a class-conditional model with
+    ``null_label`` = C, so ``fmlib.guidance.guided_velocity(field, x, t, y, scale=w)`` is the exact guided field.
+    Shapes: x [B, D], t a number, 0-d or [B], y [B] integer labels in 0..C (or one int for all).
+    """
+
+    def __init__(self, path: AffinePath, data: LabelledMixture) -> None:
+        if not isinstance(data, LabelledMixture):
+            raise TypeError(f"data must be a LabelledMixture, got {type(data).__name__}")
+        self.path, self.data = path, data
+        self.fields = [MarginalField(path, data.given(c)) for c in range(data.num_classes + 1)]
+
+    @property
+    def null_label(self) -> int:
+        """C, the label of the unconditional field."""
+        return self.data.null_label
+
+    def _per_label(self, method: str, x: Tensor, t: float | Tensor, y: Tensor | int) -> Tensor:
+        x = _check_points(x, self.data.mixture.dim)
+        t = batch_time(t, x.shape[0], like=x)
+        if not torch.is_tensor(y):
+            y = torch.full((x.shape[0],), _class_index(y, self.data.num_classes, allow_null=True))
+        if y.dtype.is_floating_point or y.dtype == torch.bool or tuple(y.shape) != (x.shape[0],):
+            raise ValueError(f"labels y must be an integer tensor of shape [{x.shape[0]}], got {y.dtype} "
+                             f"{tuple(y.shape)}")
+        y = y.to(x.device)
+        out = torch.empty_like(x)
+        for c in torch.unique(y).tolist():
+            rows = y == c
+            field = self.fields[_class_index(c, self.data.num_classes, allow_null=True)]
+            out[rows] = getattr(field, method)(x[rows], t[rows])
+        return out
+
+    def velocity(self, x: Tensor, t: float | Tensor, y: Tensor | int) -> Tensor:
+        """u_t(x | y) (u_t(x) for y = ∅), shape [B, D]."""
+        return self._per_label("velocity", x, t, y)
+
+    def score(self, x: Tensor, t: float | Tensor, y: Tensor | int) -> Tensor:
+        """∇_x log p_t(x | y) (the unconditional score for y = ∅), shape [B, D]."""
+        return self._per_label("score", x, t, y)
+
+    def class_log_posterior(self, x: Tensor, t: float | Tensor) -> Tensor:
+        """log p_t(c | x) = logsumexp_{k: l_k = c} log r_k(x), shape [B, C]: the exact noisy-point classifier,
+        usable as ``classifier(x, t)`` in :class:`fmlib.guidance.ClassifierGuidedField`."""
+        labels, n = self.data.labels, self.data.num_classes
+        return self.fields[-1]._map(x, t, lambda z: _class_log_posterior(z.log_resp, labels.to(z.x.device), n),
+                                    what="the class posterior p_t(c | x)")
+
+    def classifier_score(self, x: Tensor, t: float | Tensor, y: Tensor | int) -> Tensor:
+        """∇_x log p_t(y | x) = ∇log p_t(x | y) − ∇log p_t(x) (Bayes' rule), shape [B, D]."""
+        null = torch.full((x.shape[0],), self.null_label, device=x.device)
+        return self.score(x, t, y) - self.score(x, t, null)
+
+    def tilted_log_density(self, x: Tensor, t: float | Tensor, c: int, scale: float) -> Tensor:
+        """log p_t(x) + w log p_t(c | x) (unnormalised), shape [B]: the density whose velocity-from-score is
+        the CFG field at time t."""
+        c = _class_index(c, self.data.num_classes, allow_null=False)
+        w = _finite(scale, "scale")
+        return self.fields[-1].log_prob(x, t) + w * self.class_log_posterior(x, t)[:, c]
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """:meth:`velocity`, with y = None meaning ∅ (as the book's models do)."""
+        return self.velocity(x, t, self.null_label if y is None else y)

@@ -22,7 +22,7 @@ from . import data as data_mod
 from . import losses, models, paths, runtime
 from .train import TrainConfig, TrainResult, train
 
-__all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "image_flow"]
+__all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "toy_conditional_flow", "image_flow"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,45 @@ def toy_flow(
            "t_max": t_max}
     return train(model, loss_fn, config, name=f"toy-{dataset}-{scheduler}-{parametrization}", key=key,
                  progress=progress)
+
+
+def toy_conditional_flow(
+    data: Any,
+    *,
+    name: str,
+    label_dropout: float = 0.2,
+    scheduler: str = "condot",
+    size: ToySize | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **overrides: Any,
+) -> TrainResult:
+    """Train (or load) a class-conditional :class:`fmlib.models.MLP` (velocity, CFM loss) on labelled 2-D
+    mixture data ``data`` (a :class:`fmlib.analytic.LabelledMixture`), each label replaced by the null label
+    with probability ``label_dropout`` (classifier-free guidance). The mixture's tensors enter the cache key.
+    ``overrides`` replace fields of the profile's :class:`ToySize`.
+    """
+    from .analytic import LabelledMixture
+    from .guidance import drop_labels
+
+    if not isinstance(data, LabelledMixture):
+        raise TypeError(f"data must be a fmlib.analytic.LabelledMixture, got {type(data).__name__}")
+    size = replace(size or toy_size(), **overrides)
+    path = paths.AffinePath(paths.get_scheduler(scheduler))
+    runtime.seed_everything(seed)
+    model = models.MLP(dim=data.mixture.dim, hidden=size.hidden, depth=size.depth, num_classes=data.num_classes)
+
+    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> torch.Tensor:
+        x1, y = data.sample(batch, generator=g)
+        y = drop_labels(y, p=label_dropout, null_label=model.null_label, generator=g)
+        device = _model_device(m)
+        return losses.conditional_flow_matching_loss(m, path, x1.to(device), y=y.to(device), generator=g)
+
+    config = TrainConfig(steps=size.steps, batch_size=size.batch_size, lr=size.lr, seed=seed, amp=False)
+    mix = data.mixture
+    key = {"recipe": "toy_conditional_flow", "means": mix.means, "stds": mix.stds, "weights": mix.weights,
+           "labels": data.labels, "label_dropout": label_dropout, "path": path.config()}
+    return train(model, loss_fn, config, name=name, key=key, progress=progress)
 
 
 def image_flow(

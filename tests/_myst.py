@@ -17,7 +17,7 @@ kernelspec:
 def tiny_book(folder, chapters: dict[str, str]):
     """A small book in ``folder/book`` with the repository's _config.yml and the given chapters (name: text).
 
-    The config's local extension path (tools/book_engine.py) is made absolute, so the copy finds it.
+    The config's local extension paths (tools/book_engine.py, book/_ext) are made absolute, so the copy finds them.
     """
     import shutil
     from pathlib import Path
@@ -27,7 +27,9 @@ def tiny_book(folder, chapters: dict[str, str]):
     book.mkdir()
     config = (root / "_config.yml").read_text()
     assert "book_engine: tools" in config
-    (book / "_config.yml").write_text(config.replace("book_engine: tools", f"book_engine: {root / 'tools'}"))
+    config = config.replace("book_engine: tools", f"book_engine: {root / 'tools'}")
+    config = config.replace("fm_book: book/_ext", f"fm_book: {root / 'book' / '_ext'}")
+    (book / "_config.yml").write_text(config)
     shutil.copy(root / "book" / "references.bib", book / "references.bib")
     toc = "".join(f"  - file: {name}\n" for name in chapters)
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n" + toc)

@@ -120,3 +120,101 @@ def test_drop_labels_rejects_float_labels_and_bad_null_label():
         drop_labels(torch.zeros(4), p=0.1, null_label=NULL)
     with pytest.raises(ValueError, match="null_label"):
         drop_labels(torch.zeros(4, dtype=torch.long), p=0.1, null_label=1.5)
+
+
+# ----------------------------------------------------------- the model's null label is the default
+
+def test_the_models_null_label_is_the_default():
+    from fmlib.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(dim=2, hidden=16, depth=1, num_classes=NUM_CLASSES)
+    x, t, y = torch.randn(4, 2), torch.rand(4), torch.tensor([0, 1, 2, 0])
+    explicit = guided_velocity(model, x, t, y, scale=2.5, null_label=model.null_label)
+    assert torch.equal(guided_velocity(model, x, t, y, scale=2.5), explicit)
+    assert torch.equal(GuidedField(model, y, scale=2.5)(x, t), explicit)
+    with pytest.raises(ValueError, match="no null label"):
+        guided_velocity(MLP(dim=2, hidden=16, depth=1), x, t, y, scale=2.0)
+    with pytest.raises(ValueError, match="no null label"):
+        GuidedField(lambda a, b, c: a, 0, scale=2.0)
+
+
+# --------------------------------------------------------------------------------- classifier guidance
+
+def _path(name):
+    from fmlib import paths
+
+    return paths.AffinePath(paths.get_scheduler(name))
+
+
+@pytest.mark.parametrize("name, closed_form", [("condot", lambda t: (1 - t) / t),
+                                               ("cosine", lambda t: (math.pi / 2) / torch.tan(math.pi * t / 2))])
+def test_score_coefficient_closed_forms(name, closed_form):
+    from fmlib.guidance import score_coefficient
+
+    t = torch.tensor([0.1, 0.4, 0.9], dtype=torch.float64)
+    b = score_coefficient(_path(name), t, like=torch.zeros(3, 2, dtype=torch.float64))
+    assert torch.allclose(b, closed_form(t), atol=1e-12)
+
+
+def test_score_coefficient_is_infinite_at_t0_and_says_so():
+    from fmlib.guidance import score_coefficient
+
+    with pytest.raises(ValueError, match="singular"):
+        score_coefficient(_path("condot"), 0.0, like=torch.zeros(2, 2))
+
+
+def test_classifier_log_prob_gradient_of_a_linear_classifier():
+    """logits = W x: ∇ log softmax_y = W_y − Σ_c p_c W_c."""
+    from fmlib.guidance import classifier_log_prob_gradient
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 2, 0])
+    with torch.no_grad():
+        grad = classifier_log_prob_gradient(lambda xx, tt: xx @ weight.T, x, 0.5, y)
+    p = torch.softmax(x @ weight.T, dim=1)
+    assert torch.allclose(grad, weight[y] - p @ weight, atol=1e-12)
+    with pytest.raises(ValueError, match="labels must lie"):
+        classifier_log_prob_gradient(lambda xx, tt: xx @ weight.T, x, 0.5, torch.tensor([0, 1, 2, 3, 0]))
+
+
+def test_noisy_classifier_learns_separated_classes_and_clean_only_is_another_run():
+    from fmlib.guidance import NoisyClassifier, train_noisy_classifier
+
+    def sample(n, gen):
+        y = torch.randint(0, 2, (n,), generator=gen)
+        return torch.randn(n, 2, generator=gen) * 0.3 + (4.0 * y - 2.0)[:, None], y
+
+    common = dict(name="test-clf", key={"data": "two blobs at ±2"}, steps=150, batch_size=128, progress=False)
+    noisy = train_noisy_classifier(_path("condot"), sample, 2, **common)
+    clean = train_noisy_classifier(_path("condot"), sample, 2, clean_only=True, **common)
+    assert isinstance(noisy.model, NoisyClassifier) and noisy.key != clean.key
+    x, y = sample(500, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        accuracy = (noisy.model(x, 1.0).argmax(1) == y).double().mean()
+        # at t = 0 the point carries no class information: the noisy classifier is near the prior (1/2, 1/2)
+        p0 = torch.softmax(noisy.model(torch.randn(500, 2), 0.0), 1)
+    assert accuracy > 0.95
+    assert (p0[:, 0] - 0.5).abs().mean() < 0.2
+    with pytest.raises(ValueError, match="num_classes"):
+        NoisyClassifier(2, 1)
+
+
+def test_toy_conditional_flow_is_a_conditional_model_keyed_by_its_data():
+    from fmlib import analytic, zoo
+
+    def data(shift):
+        mix = analytic.GaussianMixture(torch.tensor([[shift, 0.0], [-1.0, 0.0]]), torch.full((2,), 0.3),
+                                       torch.full((2,), 0.5))
+        return analytic.LabelledMixture(mix, torch.tensor([0, 1]))
+
+    common = dict(name="test-cond", steps=5, hidden=16, depth=1, batch_size=32, progress=False)
+    run = zoo.toy_conditional_flow(data(1.0), **common)
+    other = zoo.toy_conditional_flow(data(2.0), **common)
+    assert run.model.null_label == 2 and run.key != other.key
+    x = torch.randn(3, 2)
+    assert guided_velocity(run.model, x, 0.5, torch.tensor([0, 1, 0]), scale=2.0).shape == (3, 2)
+    with pytest.raises(TypeError, match="LabelledMixture"):
+        zoo.toy_conditional_flow("moons", **common)
