@@ -6,6 +6,7 @@ x_t = t x1 + (1 − t) x0.
 Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.paths` (schedulers, affine
 paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
 samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
+:mod:`~fmlib.latent` (autoencoders, latent flows and their W2 bound),
 :mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
 :mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.report` (tables, glue
 and checks in a page), :mod:`~fmlib.symbolic` (sympy checks),
@@ -19,6 +20,7 @@ from . import (  # noqa: E402
     checkpoint,
     data,
     guidance,
+    latent,
     likelihood,
     losses,
     metrics,
@@ -39,6 +41,7 @@ __all__ = [
     "checkpoint",
     "data",
     "guidance",
+    "latent",
     "likelihood",
     "losses",
     "metrics",
