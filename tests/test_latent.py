@@ -73,3 +73,26 @@ def test_autoencoder_shapes_and_errors():
         ae.encode(torch.randn(3, 10))
     with pytest.raises(ValueError):
         latent.Autoencoder(64, 0)
+
+
+def test_gaussian_w2_commuting_and_singular_cases():
+    a = torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    q = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    m = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    got = latent.gaussian_w2(m, q @ torch.diag(a) @ q.T, torch.zeros(3, dtype=torch.float64),
+                             q @ torch.diag(b) @ q.T)
+    assert got == pytest.approx(math.sqrt(1.0 + float((a.sqrt() - b.sqrt()).pow(2).sum())), abs=1e-7)
+    # (a zero eigenvalue costs √(rounding) ≈ 1e-8 of accuracy)
+    # against scipy's sqrtm on a non-commuting, non-singular pair
+    import numpy as np
+    import scipy.linalg
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, 4, generator=g, dtype=torch.float64)
+    A, B = (x @ x.T).numpy(), (y @ y.T).numpy()
+    ra = scipy.linalg.sqrtm(A)
+    ref = np.trace(A + B - 2 * np.real(scipy.linalg.sqrtm(ra @ B @ ra)))
+    z = torch.zeros(4, dtype=torch.float64)
+    assert latent.gaussian_w2(z, torch.from_numpy(A), z, torch.from_numpy(B)) == pytest.approx(math.sqrt(ref), rel=1e-8)
+    with pytest.raises(ValueError):
+        latent.gaussian_w2(z, torch.eye(3), z, torch.eye(4))
