@@ -1,6 +1,8 @@
 # The README's two commands:
 #   make book   - set up .venv and build the book into _build/html
 #   make test   - set up .venv with the test tools, run the unit tests, then a fresh strict build (quick profile)
+#   make check-pages - read the built book (_build/html) in headless Chromium: figure scales, blocks cut off at the
+#                  right, math errors, phone navigation (needs Debian's chromium and npm; no internet after setup)
 # Variables: PYTHON (interpreter used to create the venv, default python3), VENV (default .venv),
 #            PROFILE for `make book` (auto | quick | full; auto = full on a CUDA machine, quick elsewhere).
 
@@ -10,7 +12,7 @@ PROFILE ?= auto
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: book test unit-test book-test sync check-sync benchmark clean
+.PHONY: book test unit-test book-test sync check-sync check-pages benchmark clean
 
 book: $(VENV)/.book-deps
 	$(BIN)/python tools/build_book.py --profile $(PROFILE)
@@ -21,6 +23,15 @@ test: $(VENV)/.test-deps
 
 unit-test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q
+
+MATHJAX := tools/pages/node_modules/mathjax/es5/tex-mml-chtml.js
+
+check-pages: $(VENV)/.test-deps $(MATHJAX)
+	$(BIN)/python tools/check_pages.py --html _build/html --out _build/page-check
+
+$(MATHJAX): tools/pages/package.json tools/pages/package-lock.json
+	npm ci --prefix tools/pages --no-audit --no-fund
+	touch $@
 
 sync: $(VENV)/.book-deps
 	$(BIN)/python tools/sync_notebooks.py

@@ -29,7 +29,9 @@ assert_identity(sp.diff(t**2, t), PLANTED, name="derivative of t squared")
 def make_book(tmp_path: Path, rhs: str) -> Path:
     book = tmp_path / "book"
     book.mkdir()
-    shutil.copy(ROOT / "_config.yml", book / "_config.yml")
+    # the book's own extension is found relative to the config: point the copy at this checkout's
+    config = (ROOT / "_config.yml").read_text()
+    (book / "_config.yml").write_text(config.replace("fm_book: book/_ext", f"fm_book: {ROOT / 'book' / '_ext'}"))
     shutil.copy(ROOT / "book" / "references.bib", book / "references.bib")
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: planted_chapter\n")
     (book / "intro.md").write_text("# Intro\n\nA tiny book.\n")
