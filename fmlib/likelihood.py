@@ -241,6 +241,8 @@ def log_likelihood(
     check_choice(probe, PROBE_KINDS, what="probe kind")
     n_probes = _check_n_probes(n_probes)
     check_batched(x1, name="x1", min_dim=1)
+    if x1.shape[0] == 0:
+        raise ValueError(f"x1 is an empty batch (shape {tuple(x1.shape)}): give at least one point")
     if not x1.is_floating_point():
         raise ValueError(f"x1 must be a floating-point tensor, got {x1.dtype}")
     if create_graph and not torch.is_grad_enabled():

@@ -19,10 +19,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_batched, check_choice, check_finite, check_same_shape
+from ._checks import check_batched, check_choice, check_finite, check_same_shape, loss_check_is_deferred, times_checked
 from .paths import PARAMETRIZATIONS, AffinePath, PathSample, batch_time
 
-__all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time"]
+__all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time", "cfm_loss_fn"]
 
 TimeWeighting = Callable[[Tensor], Tensor]
 """A function t [B] ↦ w(t) [B] ≥ 0."""
@@ -59,6 +59,9 @@ def cfm_loss(
 
     reduction: ``"mean"`` (scalar, mean over the batch), ``"sum"`` or ``"none"`` ([B]).
 
+    The finiteness check is one reduction (a host sync on a GPU); inside :func:`fmlib.train.train` it is left
+    to the trainer, which checks the accumulated losses every few steps instead.
+
     Raises:
         ValueError: shape mismatch, unknown parametrization or reduction, negative weights.
         FloatingPointError: the loss is NaN or infinite.
@@ -75,7 +78,8 @@ def cfm_loss(
         if bool((w < 0).any()):
             raise ValueError("weighting returned negative weights")
         per_sample = w.to(per_sample.dtype) * per_sample
-    check_finite(per_sample, what=f"the flow-matching loss ({parametrization} parametrization)")
+    if not loss_check_is_deferred():
+        check_finite(per_sample, what=f"the flow-matching loss ({parametrization} parametrization)")
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":
@@ -127,29 +131,77 @@ def conditional_flow_matching_loss(
     weighting: TimeWeighting | None = None,
     generator: torch.Generator | None = None,
     reduction: str = "mean",
+    t_min: float = 0.0,
+    t_max: float = 1.0,
 ) -> Tensor:
-    """Draw (t, x0) where not given (t ~ U[0, 1], x0 ~ N(0, I) like x1), form the path sample, call
+    """Draw (t, x0) where not given (t ~ U[t_min, t_max], x0 ~ N(0, I) like x1), form the path sample, call
     ``model(x_t, t)`` (or ``model(x_t, t, y)`` when ``y`` is given) and return :func:`cfm_loss`.
 
-    This is the one training loss every chapter uses.
+    This is the one training loss every chapter uses. Its inputs are validated here, once: the times it
+    draws itself or has checked are not scanned again by the path and the model (no host sync per step on a
+    GPU for the common case of drawn times; a given ``t`` costs one check).
 
     Shapes: x1, x0 [B, ...]; t a number, 0-d or [B]; y [B] (passed through untouched). The model is called with
     x_t [B, ...] and t [B] in x1's dtype and device. Random draws use ``generator`` on its own device (t first,
     then x0) and are moved to x1's device.
 
     Raises:
-        ValueError: shape mismatch, bad t, unknown parametrization or reduction, negative weights.
+        ValueError: shape mismatch, bad t or time range, unknown parametrization or reduction, negative
+            weights, integer data, data on another device than the model's parameters.
         FloatingPointError: the loss is NaN or infinite.
     """
     check_batched(x1, name="x1", min_dim=1)
+    if not x1.is_floating_point():
+        raise ValueError(f"x1 must be a floating-point tensor (the data), got {x1.dtype}; convert it with "
+                         ".float()")
+    if isinstance(model, nn.Module):
+        param = next(model.parameters(), None)
+        if param is not None and param.device != x1.device:
+            raise ValueError(f"the data x1 is on {x1.device} but the model is on {param.device}: move the data "
+                             "with .to(device) (cfm_loss_fn does it for you)")
     batch = x1.shape[0]
     if t is None:
-        t = sample_time(batch, generator=generator, device=x1.device, dtype=x1.dtype)
+        t = sample_time(batch, generator=generator, device=x1.device, dtype=x1.dtype, t_min=t_min, t_max=t_max)
     else:
         t = batch_time(t, batch, like=x1)
     if x0 is None:
         x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype,
                          device=_generator_device(generator, x1.device)).to(x1.device)
-    sample = path.sample(x0, x1, t)
-    pred = model(sample.x_t, sample.t) if y is None else model(sample.x_t, sample.t, y)
+    with times_checked():
+        sample = path.sample(x0, x1, t)
+        pred = model(sample.x_t, sample.t) if y is None else model(sample.x_t, sample.t, y)
     return cfm_loss(pred, sample, path, parametrization=parametrization, weighting=weighting, reduction=reduction)
+
+
+def cfm_loss_fn(
+    path: AffinePath,
+    sample_x1: Callable[[int, torch.Generator], Tensor],
+    *,
+    parametrization: str = "velocity",
+    t_min: float = 0.0,
+    t_max: float = 1.0,
+    weighting: TimeWeighting | None = None,
+) -> Callable[[nn.Module, int, torch.Generator], Tensor]:
+    """The loss function :func:`fmlib.train.train` wants, from a data sampler: ``loss_fn(model, B, g)`` draws
+    x1 = ``sample_x1(B, g)`` (on the CPU, from the trainer's generator), moves it to the model's device and
+    returns :func:`conditional_flow_matching_loss` on ``path``.
+
+        loss_fn = losses.cfm_loss_fn(path, lambda n, g: data.sample_toy("moons", n, generator=g))
+        result = train.train(models.MLP(), loss_fn, train.TrainConfig(steps=500, batch_size=256),
+                             name="moons", key={"data": "moons", "path": path.config()})
+
+    Raises:
+        ValueError: bad parametrization or time range (at once, not at the first step).
+    """
+    check_choice(parametrization, PARAMETRIZATIONS, what="parametrization")
+    t_min, t_max = _check_time_range(t_min, t_max)
+
+    def loss_fn(model: nn.Module, batch: int, generator: torch.Generator) -> Tensor:
+        x1 = sample_x1(batch, generator)
+        param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+        if param is not None:
+            x1 = x1.to(param.device)
+        return conditional_flow_matching_loss(model, path, x1, parametrization=parametrization,
+                                              weighting=weighting, generator=generator, t_min=t_min, t_max=t_max)
+
+    return loss_fn

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import as_time, check_batched, check_choice, check_same_shape, check_unit_interval, expand_like
+from ._checks import (as_time, check_batched, check_choice, check_same_shape, check_unit_interval, expand_like,
+                      times_are_checked)
 
 __all__ = [
     "SchedulerOutput",
@@ -99,6 +100,8 @@ class Scheduler(ABC):
     """
 
     name: str
+    finite_derivatives: bool = True
+    """Whether α'_t and σ'_t are finite on all of [0, 1] (then a path sample at checked times needs no scan)."""
 
     @abstractmethod
     def __call__(self, t: float | Tensor) -> SchedulerOutput:
@@ -175,6 +178,7 @@ class VPScheduler(Scheduler):
     """
 
     name = "vp"
+    finite_derivatives = False  # σ'_1 = −∞
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         self.beta_min = _real_param(beta_min, "beta_min")
@@ -353,14 +357,21 @@ class AffinePath:
 
         Shapes: x0, x1 [B, ...]; t a number, 0-d or [B] → a :class:`PathSample` with t [B].
 
+        Called directly, x0 and x1 are checked to be finite (one reduction); inside the flow-matching loss
+        that check is left to the loss's own.
+
         Raises:
-            ValueError: shape mismatch, bad t, or a non-finite α'_t, σ'_t (VP at t = 1).
+            ValueError: shape mismatch, bad t, NaN or inf in x0 or x1, or a non-finite α'_t, σ'_t (VP at t = 1).
         """
         check_batched(x1, name="x1", min_dim=1)
         check_same_shape(x0=x0, x1=x1)
+        if not times_are_checked() and not bool(torch.isfinite(x0).all() & torch.isfinite(x1).all()):
+            which = [n for n, v in (("x0", x0), ("x1", x1)) if not bool(torch.isfinite(v).all())]
+            raise ValueError(f"AffinePath.sample: {' and '.join(which)} contain(s) NaN or inf")
         t, o = self._schedule(x1, t, name="x1")
-        self._raise_if_singular(t, (o.d_alpha, o.d_sigma), "the conditional velocity dx_t",
-                                "α'_t or σ'_t is infinite there")
+        if not (self.scheduler.finite_derivatives and times_are_checked()):
+            self._raise_if_singular(t, (o.d_alpha, o.d_sigma), "the conditional velocity dx_t",
+                                    "α'_t or σ'_t is infinite there")
         a, s, da, ds = (expand_like(c, x1) for c in (o.alpha, o.sigma, o.d_alpha, o.d_sigma))
         return PathSample(t=t, x0=x0, x1=x1, x_t=a * x1 + s * x0, dx_t=da * x1 + ds * x0)
 

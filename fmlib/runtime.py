@@ -36,6 +36,7 @@ __all__ = [
     "by_profile",
     "max_train_steps",
     "configure_threads",
+    "ensure_threads",
     "seed_everything",
     "describe",
 ]
@@ -102,16 +103,25 @@ def max_train_steps() -> int | None:
     Raises:
         ValueError: ``FMLIB_MAX_STEPS`` is set but is not a positive integer.
     """
-    text = os.environ.get("FMLIB_MAX_STEPS", "").strip()
+    return _positive_env_int("FMLIB_MAX_STEPS", "a cap on training steps")
+
+
+def _positive_env_int(name: str, what: str) -> int | None:
+    """The environment variable ``name`` as a positive int, None when unset or blank.
+
+    Raises:
+        ValueError: it is set to anything else (the message says what it is: ``what``).
+    """
+    text = os.environ.get(name, "").strip()
     if not text:
         return None
     try:
-        cap = int(text)
+        value = int(text)
     except ValueError:
-        cap = 0
-    if cap < 1:
-        raise ValueError(f"FMLIB_MAX_STEPS={text!r} must be a positive integer (a cap on training steps)")
-    return cap
+        raise ValueError(f"{name}={text!r} is not an integer; it must be a positive integer ({what})") from None
+    if value < 1:
+        raise ValueError(f"{name}={text!r} must be a positive integer ({what})")
+    return value
 
 
 def _available_cores() -> int:
@@ -148,6 +158,11 @@ def _busy_cores(window: float = 0.25) -> int:
         return 0
 
 
+def _env_threads() -> int | None:
+    """``FMLIB_THREADS`` as a positive int, None when unset; ``ValueError`` for anything else."""
+    return _positive_env_int("FMLIB_THREADS", "torch CPU threads")
+
+
 def configure_threads(max_threads: int | None = None) -> int:
     """Set torch's CPU threads to the cores that are free now (at least 1, at most ``max_threads``); return it.
 
@@ -161,15 +176,8 @@ def configure_threads(max_threads: int | None = None) -> int:
     Raises:
         ValueError: ``FMLIB_THREADS`` is not a positive integer, or ``max_threads < 1``.
     """
-    env = os.environ.get("FMLIB_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"FMLIB_THREADS={env!r} is not an integer") from None
-        if n < 1:
-            raise ValueError(f"FMLIB_THREADS must be positive, got {n}")
-    else:
+    n = _env_threads()
+    if n is None:
         if max_threads is not None and max_threads < 1:
             raise ValueError(f"max_threads must be positive, got {max_threads}")
         cores = _available_cores()
@@ -177,7 +185,27 @@ def configure_threads(max_threads: int | None = None) -> int:
         if max_threads is not None:
             n = min(n, max_threads)
     torch.set_num_threads(n)
+    global _threads_configured
+    _threads_configured = True
     return n
+
+
+_THREADS_AT_IMPORT = torch.get_num_threads()
+_threads_configured = False
+
+
+def ensure_threads() -> None:
+    """Apply the thread policy of :func:`configure_threads` once per process, where fmlib's torch work starts
+    (:func:`fmlib.train.train` calls it): unless :func:`configure_threads` already ran, or the caller changed
+    torch's thread count since fmlib was imported (their choice is kept). ``FMLIB_THREADS`` is validated here.
+
+    Raises:
+        ValueError: ``FMLIB_THREADS`` is not a positive integer.
+    """
+    _env_threads()
+    if _threads_configured or torch.get_num_threads() != _THREADS_AT_IMPORT:
+        return
+    configure_threads()
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -3,9 +3,12 @@ GPU, and a checkpoint cache.
 
 The cache key is a hash of: the run's ``name``, the model's class and constructor-relevant structure
 (``repr(model)`` and parameter shapes), the :class:`TrainConfig`, the caller's ``key`` dict (data set, path,
-parametrization, …), the fmlib version and a digest of fmlib's source files. A later chapter asking for
-the same run gets the stored weights instead of training again. The cache folder is ``FMLIB_CACHE_DIR``
-(default ``~/.cache/fmlib``); ``FMLIB_CACHE=0`` turns it off. A corrupt cache file is retrained, not fatal.
+parametrization, …), a fingerprint of ``loss_fn`` (:func:`loss_fingerprint`: its code and the values it
+closes over), the fmlib version and a digest of fmlib's source files. A later chapter asking for the same
+run gets the stored weights instead of training again; processes asking for the same uncached run at once
+train it once (a lock file next to the checkpoint: the others wait, then load). The cache folder is
+``FMLIB_CACHE_DIR`` (default ``~/.cache/fmlib``); ``FMLIB_CACHE=0`` turns it off; a folder that cannot be
+written warns once and the runs train uncached. A corrupt cache file is retrained, not fatal.
 
 A training step k = 0, …, steps − 1 is
 
@@ -23,13 +26,15 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,15 +43,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._checks import loss_check_deferred
 from .checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate", "progress_mode"]
+__all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate", "progress_mode",
+           "loss_fingerprint"]
 
 LossFn = Callable[[nn.Module, int, torch.Generator], Tensor]
 """loss_fn(model, batch_size, generator) -> scalar loss: draws its own batch (on the model's device) and
 returns the loss, e.g. a closure over :func:`fmlib.losses.conditional_flow_matching_loss`."""
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+logger = logging.getLogger("fmlib")
+"""Cache housekeeping (loaded from the cache, waiting for another process) goes here, not to the page."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class TrainConfig:
 
     Raises:
         ValueError: steps or batch_size < 1, lr ≤ 0, weight_decay < 0, ema_decay outside [0, 1],
-            grad_clip ≤ 0, warmup_steps < 0, unknown lr_schedule, negative seed.
+            grad_clip ≤ 0, warmup_steps < 0 or > steps, unknown lr_schedule, negative seed.
     """
 
     steps: int
@@ -76,6 +86,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")
         if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
             raise ValueError(f"TrainConfig.warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps} exceeds steps={self.steps}: the "
+                             "learning rate would never reach lr; use warmup_steps <= steps")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"TrainConfig.seed must be a non-negative int, got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -236,6 +249,112 @@ def _json_default(obj: object) -> object:
                     f"{type(obj).__name__}: describe it by its settings instead")
 
 
+_PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _digest_array(arr: np.ndarray) -> str:
+    arr = np.ascontiguousarray(arr)
+    return f"array {arr.dtype} {arr.shape} {hashlib.sha256(arr.tobytes()).hexdigest()[:24]}"
+
+
+def _fingerprint(obj: object, depth: int, seen: set[int]) -> object:
+    """A JSON-able description of ``obj`` that is the same in every process for equal values: primitives as
+    themselves, tensors and arrays by dtype, shape and a digest of their bytes, containers item by item,
+    functions by their code (bytecode, constants, names; not line numbers), default values, closure values and
+    the module-level values they read, other objects by class and attributes (or a ``repr`` free of memory
+    addresses). Recursion stops at ``depth`` 0 and at cycles (described by type only)."""
+    import types
+
+    if isinstance(obj, _PRIMITIVES):
+        return obj if not isinstance(obj, float | complex | bytes) else repr(obj)
+    if isinstance(obj, torch.dtype | torch.device | Path):
+        return str(obj)
+    if torch.is_tensor(obj):
+        return _digest_array(obj.detach().cpu().contiguous().numpy() if obj.dtype != torch.bfloat16
+                             else obj.detach().float().cpu().numpy())
+    if isinstance(obj, np.ndarray | np.generic):
+        return _digest_array(np.asarray(obj))
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__}"
+    if isinstance(obj, type):
+        return f"class {obj.__module__}.{obj.__qualname__}"
+    if depth <= 0 or id(obj) in seen or isinstance(obj, torch.Generator | nn.Module):
+        return f"<{type(obj).__module__}.{type(obj).__qualname__}>"
+    seen = seen | {id(obj)}
+    down = depth - 1
+    if isinstance(obj, list | tuple):
+        return [_fingerprint(v, down, seen) for v in obj]
+    if isinstance(obj, set | frozenset):
+        return sorted((_fingerprint(v, down, seen) for v in obj), key=repr)
+    if isinstance(obj, Mapping):
+        return sorted(([repr(k), _fingerprint(v, down, seen)] for k, v in obj.items()), key=lambda kv: kv[0])
+    if isinstance(obj, types.CodeType):
+        return {"code": hashlib.sha256(obj.co_code).hexdigest()[:24], "names": list(obj.co_names),
+                "consts": [_fingerprint(c, down, seen) for c in obj.co_consts]}
+    if isinstance(obj, types.MethodType):
+        return {"method": _fingerprint(obj.__func__, down, seen), "self": _fingerprint(obj.__self__, down, seen)}
+    if isinstance(obj, types.FunctionType):
+        read = {n: obj.__globals__[n] for n in _global_names(obj.__code__) if n in obj.__globals__}
+        cells = [c.cell_contents if _cell_filled(c) else None for c in (obj.__closure__ or ())]
+        return {"function": f"{obj.__module__}.{obj.__qualname__}", "code": _fingerprint(obj.__code__, down, seen),
+                "defaults": _fingerprint(obj.__defaults__, down, seen),
+                "kwdefaults": _fingerprint(obj.__kwdefaults__, down, seen),
+                "closure": _fingerprint(cells, down, seen), "globals": _fingerprint(read, down, seen)}
+    if isinstance(obj, types.BuiltinFunctionType):
+        return f"builtin {getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    import functools
+
+    if isinstance(obj, functools.partial):
+        return {"partial": _fingerprint(obj.func, down, seen), "args": _fingerprint(obj.args, down, seen),
+                "keywords": _fingerprint(obj.keywords, down, seen)}
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if hasattr(obj, "__dict__") and vars(obj):
+        return {"object": kind, "attributes": _fingerprint(vars(obj), down, seen)}
+    text = repr(obj)
+    return {"object": kind, "repr": text if not re.search(r"0x[0-9a-fA-F]{6,}", text) else None}
+
+
+def _cell_filled(cell: object) -> bool:
+    try:
+        cell.cell_contents  # type: ignore[attr-defined]
+    except ValueError:
+        return False
+    return True
+
+
+def _global_names(code: object) -> list[str]:
+    """Names a code object (and the code objects nested in it) may read from its module's globals."""
+    import types
+
+    names = list(code.co_names)  # type: ignore[attr-defined]
+    for const in code.co_consts:  # type: ignore[attr-defined]
+        if isinstance(const, types.CodeType):
+            names += _global_names(const)
+    return sorted(set(names))
+
+
+def loss_fingerprint(loss_fn: Callable[..., Any], depth: int = 6) -> str:
+    """A digest of what a loss function is, as far as fmlib can see it: its code, default values, the values its
+    closure holds (data tensors, data-set names, paths, sizes) and the module-level values it reads, recursively
+    through the functions it reaches, to ``depth`` levels. Part of every cache key (see :func:`train`), so a
+    change of the data inside ``loss_fn`` trains a new model even when ``name`` and ``key`` stay the same.
+
+    What it cannot see: data read through an object it does not describe (a file behind a path, a global
+    generator's state, an attribute set after the key was made). Name the data in ``key`` as well.
+    """
+    text = json.dumps(_fingerprint(loss_fn, depth, set()), sort_keys=True, ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_DATA_KEYS = ("data", "dataset", "source", "data_digest", "recipe")
+
+
+def _describes_data(key: Mapping[str, Any] | None) -> bool:
+    """Whether a cache ``key`` names its data (one of :data:`_DATA_KEYS`; fmlib's recipes, ``recipe``, put
+    the data's settings into their keys)."""
+    return bool(key) and any(k in key for k in _DATA_KEYS)
+
+
 def cache_key(name: str, model: nn.Module, config: TrainConfig, key: Mapping[str, Any] | None = None) -> str:
     """A hex digest identifying a run (see the module docstring).
 
@@ -272,28 +391,118 @@ _PROGRESS_MODES = {"1": "bar", "true": "bar", "yes": "bar", "on": "bar", "bar": 
                    "summary": "summary", "0": "off", "false": "off", "no": "off", "off": "off"}
 
 
+_INTERACTIVE_KERNEL_ENV = ("JPY_SESSION_NAME", "COLAB_RELEASE_TAG", "SPYDER_ARGS", "DATABRICKS_RUNTIME_VERSION")
+"""Variables that the front ends people watch set in their kernels' environment (Jupyter server, Colab, Spyder,
+Databricks); a kernel without any of them was started by a batch executor. (Editors' variables such as VS Code's
+are left out: a book built from an editor's terminal inherits them. A notebook in such an editor gets the
+one-line summary, not a bar.)"""
+
+
+def _in_batch_kernel() -> bool:
+    """True inside an IPython kernel started by a batch executor (jupyter-book/myst-nb, nbclient, papermill):
+    a kernel whose environment has none of :data:`_INTERACTIVE_KERNEL_ENV`."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return False
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    return not any(os.environ.get(name) for name in _INTERACTIVE_KERNEL_ENV)
+
+
 def progress_mode(progress: bool = True) -> str:
     """How a training run reports progress: ``"bar"``, ``"summary"`` or ``"off"``.
 
-    ``progress=False`` is ``"off"``; otherwise ``FMLIB_PROGRESS`` decides: unset, ``1``/``bar`` a tqdm bar;
+    ``progress=False`` is ``"off"``; otherwise ``FMLIB_PROGRESS`` decides: ``1``/``bar`` a tqdm bar;
     ``summary`` one line when the run ends (steps, seconds, steps per second, smoothed final loss), which
     ``tools/build_book.py`` uses so that a built page holds one line per run instead of the bar's frames;
-    ``0``/``off`` nothing.
+    ``0``/``off`` nothing. Unset: ``summary`` inside a Jupyter kernel that no one watches (a book build, nbclient,
+    papermill: see :func:`_in_batch_kernel`), so the page looks the same however the book is built; a bar
+    elsewhere.
 
     Raises:
         ValueError: ``FMLIB_PROGRESS`` has another value.
     """
     if not progress:
         return "off"
-    raw = os.environ.get("FMLIB_PROGRESS", "1")
+    raw = os.environ.get("FMLIB_PROGRESS")
+    if raw is None:
+        return "summary" if _in_batch_kernel() else "bar"
     mode = _PROGRESS_MODES.get(raw.strip().lower())
     if mode is None:
         raise ValueError(f"FMLIB_PROGRESS={raw!r}: expected 1/bar, summary or 0/off")
     return mode
 
 
+_SWITCH = {"": True, "1": True, "true": True, "yes": True, "on": True,
+           "0": False, "false": False, "no": False, "off": False}
+
+
 def _cache_enabled(cache: bool) -> bool:
-    return cache and os.environ.get("FMLIB_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+    """``cache`` and ``FMLIB_CACHE`` (unset/1/on: on; 0/off: off).
+
+    Raises:
+        ValueError: ``FMLIB_CACHE`` has another value.
+    """
+    raw = os.environ.get("FMLIB_CACHE", "")
+    enabled = _SWITCH.get(raw.strip().lower())
+    if enabled is None:
+        raise ValueError(f"FMLIB_CACHE={raw!r}: expected 1/on or 0/off")
+    return cache and enabled
+
+
+_WARNED_UNWRITABLE: set[str] = set()
+
+
+def _usable_cache_file(name: str, key: str) -> Path | None:
+    """The run's checkpoint path, or None (with one RuntimeWarning per folder and process) when the cache
+    folder cannot be created or written: the run then trains without the cache."""
+    try:
+        folder = cache_dir()
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as err:
+        where = os.environ.get("FMLIB_CACHE_DIR", "~/.cache/fmlib")
+        if where not in _WARNED_UNWRITABLE:
+            _WARNED_UNWRITABLE.add(where)
+            warnings.warn(f"the checkpoint cache folder {where} is not usable ({type(err).__name__}: {err}); "
+                          "training without the cache (set FMLIB_CACHE_DIR to a writable folder)",
+                          RuntimeWarning, stacklevel=3)
+        return None
+    return _cache_file(name, key)
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``) for the block: of several processes asking for
+    the same uncached run, one trains and writes it while the others wait here and then load it. No-op without
+    a path or where ``fcntl`` is missing; a lock that cannot be taken (read-only folder) is skipped."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent processes may train the same run twice
+        yield
+        return
+    if path is None:
+        yield
+        return
+    try:
+        handle = open(path.with_name(path.name + ".lock"), "a")
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("%s: another process is training this run; waiting for its checkpoint", path.name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def _load_cached(model: nn.Module, path: Path, key: str) -> tuple[nn.Module, np.ndarray, float] | None:
@@ -317,13 +526,31 @@ def _load_cached(model: nn.Module, path: Path, key: str) -> tuple[nn.Module, np.
     return ema_model, losses, seconds
 
 
+CHECK_EVERY = 100
+"""The trainer reads its losses back from the device (one host sync) every this many steps and at the end."""
+
+
 def _raise_nonfinite(losses: Tensor, first: int, name: str, steps: int) -> None:
-    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …) holds NaN or inf."""
+    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …, on the CPU) holds NaN or inf;
+    the message names the checked step range and the first bad step."""
     bad = ~torch.isfinite(losses)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
-        raise FloatingPointError(f"training {name!r}: the loss is {losses[i].item()} at step {first + i} of {steps}"
-                                 " (lower the learning rate, check the data and the loss for divisions by ~0)")
+        raise FloatingPointError(
+            f"training {name!r}: the loss became non-finite between steps {first} and {first + len(losses) - 1} "
+            f"of {steps} (first at step {first + i}: {losses[i].item()}); training stopped there. Lower the "
+            "learning rate, check the data for NaN/inf and the loss for divisions by ~0")
+
+
+def _warn_if_diverged(losses: np.ndarray, name: str) -> None:
+    """RuntimeWarning when the run ended far above where it started: the mean loss of the last 10 % of the steps
+    is more than 10× the lowest loss of the first 10 %, when that is positive (a learning rate too high, typically)."""
+    n = max(1, len(losses) // 10)
+    first, last = float(np.min(losses[:n])), float(np.mean(losses[-n:]))
+    if len(losses) >= 20 and first > 0 and last > 10.0 * first:
+        warnings.warn(f"training {name!r} diverged: the mean loss of the last {n} steps is {last:.3g}, more than "
+                      f"10× the lowest of the first {n} ({first:.3g}); the returned model is not trained (lower "
+                      "the learning rate)", RuntimeWarning, stacklevel=3)
 
 
 def _check_loss(loss: object) -> Tensor:
@@ -362,8 +589,9 @@ def train(
     unless ``progress=False`` or ``FMLIB_PROGRESS=0``; ``FMLIB_PROGRESS=summary`` prints one line at the end
     instead (:func:`progress_mode`). ``cache=False`` or ``FMLIB_CACHE=0`` neither reads
     nor writes the cache; an unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a
-    failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; on CUDA the
-    loss is checked for NaN every 50 steps (to avoid a sync per step), on the CPU at every step.
+    failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; the
+    losses stay on the device and are checked for NaN/inf every :data:`CHECK_EVERY` steps and at the end
+    (no host sync per step; a non-finite loss stops the run with the step range in the message).
     ``FMLIB_MAX_STEPS=N`` (a smoke test, see :mod:`fmlib.runtime`) trains min(steps, N) steps, with a
     RuntimeWarning; the cap is part of the cache key through the shortened config.
 
@@ -377,8 +605,6 @@ def train(
             ``loss_fn`` returns something other than a scalar tensor that depends on the parameters.
         TypeError: ``config`` is not a TrainConfig, or ``key`` holds a value without a stable JSON form.
     """
-    from tqdm import tqdm
-
     from . import runtime
 
     if not isinstance(config, TrainConfig):
@@ -391,21 +617,36 @@ def train(
                       "(a smoke test; its numbers are not the profile's)", RuntimeWarning, stacklevel=2)
         config = replace(config, steps=cap, warmup_steps=min(config.warmup_steps, cap))
     dev = torch.device(device) if device is not None else runtime.get_device()
+    runtime.ensure_threads()
     model.to(dev)
-    run_key = cache_key(name, model, config, key)
-    path = _cache_file(name, run_key) if _cache_enabled(cache) else None
+    run_key = cache_key(name, model, config, {**dict(key or {}), "loss_fn": loss_fingerprint(loss_fn)})
+    path = _usable_cache_file(name, run_key) if _cache_enabled(cache) else None
     mode = progress_mode(progress)
-    show = mode != "off"
 
-    if path is not None and path.exists():
-        loaded = _load_cached(model, path, run_key)
-        if loaded is not None:
-            ema_model, losses, train_seconds = loaded
-            if show:
-                print(f"{name}: loaded from the cache ({len(losses)} steps, trained in {train_seconds:.1f} s)",
-                      file=sys.stderr)
-            return TrainResult(model=ema_model.eval(), raw_model=model.eval(), losses=losses, seconds=0.0,
-                               from_cache=True, key=run_key, path=path, train_seconds=train_seconds)
+    with _cache_lock(path):  # one training per run: a second process asking for it waits here, then loads it
+        if path is not None and path.exists():
+            loaded = _load_cached(model, path, run_key)
+            if loaded is not None:
+                ema_model, losses, train_seconds = loaded
+                logger.info("%s: loaded from the cache (%d steps, trained in %.1f s)", name, len(losses),
+                            train_seconds)
+                if mode == "bar":
+                    print(f"{name}: loaded from the cache ({len(losses)} steps, trained in {train_seconds:.1f} s)",
+                          file=sys.stderr)
+                if not _describes_data(key):
+                    warnings.warn(f"training {name!r}: returning a cached model for a key without a data "
+                                  f"description ({dict(key or {})!r}); only the loss function's code and closure "
+                                  "values identify its data. Pass key={'data': ...} naming the data set",
+                                  RuntimeWarning, stacklevel=3)
+                return TrainResult(model=ema_model.eval(), raw_model=model.eval(), losses=losses, seconds=0.0,
+                                   from_cache=True, key=run_key, path=path, train_seconds=train_seconds)
+        return _fit(model, loss_fn, config, name=name, run_key=run_key, path=path, dev=dev, mode=mode)
+
+
+def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, run_key: str, path: Path | None,
+         dev: torch.device, mode: str) -> TrainResult:
+    """The training loop of :func:`train` (see there), writing the checkpoint to ``path`` unless None."""
+    from tqdm import tqdm
 
     steps = config.steps
     generator = torch.Generator().manual_seed(config.seed)
@@ -417,7 +658,7 @@ def train(
     ema = EMA(model, config.ema_decay)
     use_amp = config.amp and dev.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    check_every = 1 if dev.type == "cpu" else 50
+    check_every = CHECK_EVERY  # no host sync in between: the losses stay on the device until checked
     losses = torch.empty(steps, dtype=torch.float32, device=dev)
     smoothed: float | None = None
     checked = 0
@@ -436,7 +677,7 @@ def train(
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast():
+            with autocast(), loss_check_deferred():
                 loss = loss_fn(model, config.batch_size, generator)
             loss = _check_loss(loss) if step == 0 else loss.reshape(())
             optimizer.zero_grad(set_to_none=True)
@@ -473,11 +714,23 @@ def train(
     model.eval()
     ema_model.eval()
     losses_np = losses.cpu().numpy().astype(np.float64)
+    _warn_if_diverged(losses_np, name)
     if path is not None:
         _save_run(path, name=name, key=run_key, model=model, ema_model=ema_model, losses=losses, seconds=seconds,
                   config=config)
     return TrainResult(model=ema_model, raw_model=model, losses=losses_np, seconds=seconds, from_cache=False,
                        key=run_key, path=path)
+
+
+def model_architecture(model: nn.Module) -> dict | None:
+    """``{"class": "MLP", "kwargs": {...}}`` for a model of :mod:`fmlib.models` (what
+    :func:`fmlib.checkpoint.load_model` rebuilds), None for any other model."""
+    from . import models
+
+    cls = type(model)
+    if getattr(models, cls.__name__, None) is not cls or not hasattr(model, "config"):
+        return None
+    return {"class": cls.__name__, "kwargs": model.config()}
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
@@ -492,6 +745,9 @@ def _save_run(path: Path, *, name: str, key: str, model: nn.Module, ema_model: n
     ckpt = {"key": key, "name": name, "raw": _cpu_state(model), "ema": _cpu_state(ema_model),
             "losses": losses.detach().cpu(), "seconds": float(seconds), "config": asdict(config),
             "fmlib_version": __version__}
+    architecture = model_architecture(model)
+    if architecture is not None:
+        ckpt["architecture"] = architecture
     try:
         save_checkpoint(ckpt, path)
     except (OSError, TypeError) as err:

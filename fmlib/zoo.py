@@ -101,10 +101,10 @@ def toy_flow(
     runtime.seed_everything(seed)
     model = models.MLP(dim=2, hidden=size.hidden, depth=size.depth)
 
-    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> torch.Tensor:
-        x1 = data_mod.sample_toy(dataset, batch, generator=g).to(_model_device(m))
-        t = losses.sample_time(batch, generator=g, t_max=t_max).to(x1.device)
-        return losses.conditional_flow_matching_loss(m, path, x1, t=t, parametrization=parametrization, generator=g)
+    def sample_x1(batch: int, g: torch.Generator) -> torch.Tensor:
+        return data_mod.sample_toy(dataset, batch, generator=g)
+
+    loss_fn = losses.cfm_loss_fn(path, sample_x1, parametrization=parametrization, t_max=t_max)
 
     # full float32 on every device: a 2-D MLP gains nothing from bf16 autocast, and its losses and samples are
     # compared with closed forms to ~1e-3, which bf16's 8-bit mantissa would blur
@@ -192,11 +192,10 @@ def image_flow(
             cache["x"], cache["y"] = train_set.images.to(device), train_set.labels.to(device)
         idx = torch.randint(0, cache["x"].shape[0], (batch,), generator=g).to(device)
         x1 = cache["x"][idx]
-        t = losses.sample_time(batch, generator=g, t_max=t_max).to(device)
         y = None
         if conditional:
             y = drop_labels(cache["y"][idx].cpu(), p=label_dropout, null_label=model.null_label, generator=g).to(device)
-        return losses.conditional_flow_matching_loss(m, path, x1, t=t, y=y, parametrization=parametrization,
+        return losses.conditional_flow_matching_loss(m, path, x1, t_max=t_max, y=y, parametrization=parametrization,
                                                      generator=g)
 
     config = TrainConfig(steps=size.steps, batch_size=size.batch_size, lr=size.lr, seed=seed,

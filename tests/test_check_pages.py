@@ -117,7 +117,7 @@ def test_measure_tells_fitting_scrollable_and_clipped_blocks_apart():
 
 
 def test_failures_apply_the_exceptions():
-    result = check_pages.PageResult("cnf_likelihood", "desktop",
+    result = check_pages.PageResult("probability_paths", "desktop",
                                     figures=[{"scale": 0.3}], math={"errors": [], "unrendered": []})
     assert check_pages.failures(result) == []  # figure scale waived for this chapter
     result.page = "a_new_chapter"

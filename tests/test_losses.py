@@ -213,3 +213,42 @@ def test_loss_of_the_exact_marginal_velocity_is_the_expected_conditional_varianc
                                                     x0=x0, t=t, reduction="none")
     gap = shifted - per
     assert abs(gap.mean().item() - c**2) < 4 * gap.std().item() / math.sqrt(n)
+
+
+def test_integer_data_gets_a_clear_error():
+    from fmlib import losses, models, paths
+
+    path = paths.AffinePath(paths.CondOTScheduler())
+    with pytest.raises(ValueError, match="floating-point"):
+        losses.conditional_flow_matching_loss(models.MLP(hidden=8, depth=1), path, torch.ones(4, 2, dtype=torch.long))
+
+
+def test_times_the_loss_trusts_stay_trusted_only_inside_it():
+    # inside the loss the path and the model skip their time scans; the trust must not leak out of it
+    from fmlib import losses, models, paths
+
+    path = paths.AffinePath(paths.CondOTScheduler())
+    model = models.MLP(hidden=8, depth=1)
+    losses.conditional_flow_matching_loss(model, path, torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model(torch.randn(4, 2), 1.5)
+    with pytest.raises(ValueError):  # a time the caller gives is still checked, once
+        losses.conditional_flow_matching_loss(model, path, torch.randn(4, 2), t=torch.full((4,), 2.0))
+    with pytest.raises(FloatingPointError):  # outside the trainer the loss checks its own finiteness
+        losses.conditional_flow_matching_loss(model, path, torch.full((4, 2), float("inf")))
+
+
+def test_drawn_time_range_of_the_loss():
+    from fmlib import losses, paths
+
+    seen = []
+
+    def model(x, t):
+        seen.append(t.clone())
+        return x * 0 + t[:, None]
+
+    path = paths.AffinePath(paths.CondOTScheduler())
+    losses.conditional_flow_matching_loss(model, path, torch.randn(512, 2), t_min=0.25, t_max=0.5)
+    assert 0.25 <= float(seen[0].min()) and float(seen[0].max()) <= 0.5
+    with pytest.raises(ValueError, match="t_max"):
+        losses.conditional_flow_matching_loss(model, path, torch.randn(8, 2), t_min=0.5, t_max=0.25)

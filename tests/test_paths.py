@@ -420,3 +420,13 @@ def test_matches_torchcfm_variance_preserving_cfm_on_the_cosine_path(generator):
     ours = make_path("cosine", {}).sample(x0, x1, t)
     torch.testing.assert_close(ours.x_t, xt_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours.dx_t, ut_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["x0", "x1"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_sample_rejects_non_finite_points(which, bad):
+    path = paths.AffinePath(paths.CondOTScheduler())
+    pts = {"x0": torch.randn(4, 2), "x1": torch.randn(4, 2)}
+    pts[which][1, 0] = bad
+    with pytest.raises(ValueError, match=f"{which} contain"):
+        path.sample(pts["x0"], pts["x1"], 0.5)

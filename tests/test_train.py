@@ -43,6 +43,7 @@ CONFIG = TrainConfig(steps=150, batch_size=32, lr=0.05, ema_decay=0.9, seed=0)
 
 def _run(config: TrainConfig = CONFIG, name: str = "regression", **kwargs) -> TrainResult:
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("key", {"data": "y = W x + 0.3"})
     return train(_linear(), kwargs.pop("loss_fn", regression_loss), config, name=name, device="cpu", **kwargs)
 
 
@@ -73,7 +74,7 @@ def test_returned_models_are_ema_and_last_iterate_in_eval_mode():
 
 
 def test_cache_hit_returns_identical_weights_without_training():
-    first = _run()
+    first = _run(loss_fn=Counting())  # the cache key holds the loss function's fingerprint: the same class and state
     assert first.path is not None and first.path.is_file() and first.path.parent == cache_dir()
     assert first.path.name == f"regression-{first.key[:16]}.pt"
     counting = Counting()
@@ -113,14 +114,15 @@ def test_cache_key_rejects_values_without_a_stable_form():
 
 
 def test_corrupt_cache_file_is_retrained_with_a_warning():
-    first = _run()
+    first = _run(loss_fn=Counting())
     first.path.write_bytes(b"garbage")
     counting = Counting()
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(RuntimeWarning) as caught:
         again = _run(loss_fn=counting)
     assert not again.from_cache and counting.calls == CONFIG.steps
+    assert not any("weights_only" in str(w.message) for w in caught)  # never advise unsafe loading
     np.testing.assert_array_equal(again.losses, first.losses)
-    assert _run().from_cache                               # the retrained run was written back
+    assert _run(loss_fn=Counting()).from_cache                               # the retrained run was written back
 
 
 def test_cache_file_with_another_key_is_retrained(monkeypatch):
@@ -253,7 +255,8 @@ def test_warmup_and_cosine_learning_rates():
 
 
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(batch_size=0), dict(lr_schedule="linear"), dict(lr=-1.0),
-                                 dict(ema_decay=1.2), dict(grad_clip=0.0), dict(warmup_steps=-1)])
+                                 dict(ema_decay=1.2), dict(grad_clip=0.0), dict(warmup_steps=-1),
+                                 dict(warmup_steps=11)])
 def test_bad_config_raises(bad):
     with pytest.raises(ValueError):
         TrainConfig(**{"steps": 10, "batch_size": 4, **bad})
@@ -272,3 +275,62 @@ def test_trains_an_mlp_velocity_model_end_to_end():
                    lr_schedule="cosine"), name="mlp", device="cpu", progress=False)
     assert result.losses[-10:].mean() < result.losses[:5].mean()
     assert result.model(torch.zeros(3, 2), 0.5).shape == (3, 2)
+
+
+def test_nonfinite_loss_is_checked_every_n_steps_and_named_by_step_range():
+    calls = {"n": 0}
+
+    def nan_at_130(model, batch, gen):
+        calls["n"] += 1
+        loss = regression_loss(model, batch, gen)
+        return loss * float("inf") if calls["n"] == 131 else loss
+
+    config = TrainConfig(steps=1000, batch_size=8, lr=0.01)
+    with pytest.raises(FloatingPointError, match=r"between steps 100 and 199 of 1000 \(first at step 130: inf\)"):
+        _run(config, loss_fn=nan_at_130, cache=False)
+    assert calls["n"] == 200  # stopped at the first check after the bad step, not at the end
+
+
+class _Readbacks(torch.overrides.TorchFunctionMode):
+    """Counts value read-backs (host syncs on an accelerator) outside torch.optim's host-side step counters."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        import sys
+
+        if getattr(func, "__name__", "") in {"__bool__", "item", "tolist", "__float__", "__int__", "nonzero", "cpu"}:
+            frame, names = sys._getframe(1), []
+            while frame is not None and len(names) < 4:
+                names.append(frame.f_code.co_filename)
+                frame = frame.f_back
+            self.count += not any("torch/optim/" in n.replace("\\", "/") for n in names)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("scheduler", ["condot", "cosine", "ve"])
+def test_flow_matching_training_steps_read_nothing_back_between_checks(scheduler):
+    # the steady state of a training step with fmlib's loss, path and model has no host sync: the number of
+    # read-backs does not grow with the steps between two loss checks
+    from fmlib import losses, paths
+
+    path = paths.AffinePath(paths.get_scheduler(scheduler))
+
+    def loss_fn(model, batch, gen):
+        return losses.conditional_flow_matching_loss(model, path, torch.randn(batch, 2, generator=gen), generator=gen)
+
+    counts = []
+    for steps in (10, 90):
+        with _Readbacks() as readbacks:
+            train(MLP(hidden=8, depth=1), loss_fn, TrainConfig(steps=steps, batch_size=16), name="sync", device="cpu",
+                  cache=False, progress=False)
+        counts.append(readbacks.count)
+    assert counts[0] == counts[1], counts
+
+
+def test_a_diverging_run_warns():
+    model_loss = lambda m, b, g: (m.weight.square().sum() + m.bias.square().sum()) + 0 * g.initial_seed()  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        _run(TrainConfig(steps=50, batch_size=1, lr=1e6, grad_clip=None), loss_fn=model_loss, cache=False)
