@@ -1,6 +1,7 @@
 # The README's two commands:
-#   make book   - set up .venv and build the book into _build/html
-#   make test   - set up .venv with the test tools, run the unit tests, then a fresh strict build (quick profile)
+#   make book   - set up .venv and build the book into _build/html (executes only stale chapters, in parallel)
+#   make test   - set up .venv with the test tools, run the unit tests, then a fresh strict build (quick profile,
+#                 every chapter executed, every model trained)
 #   make check-pages - read the built book (_build/html) in headless Chromium: figure scales, blocks cut off at the
 #                  right, math errors, phone navigation (needs Debian's chromium and npm; no internet after setup)
 # Variables: PYTHON (interpreter used to create the venv, default python3), VENV (default .venv),

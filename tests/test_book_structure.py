@@ -45,9 +45,11 @@ def test_every_notebook_chapter_is_in_the_toc():
         assert md.stem in listed, f"{md.name} is not in _toc.yml"
 
 
-def test_execution_is_strict_and_fresh():
+def test_execution_is_strict_and_keyed_by_the_engine():
     execute = CONFIG["execute"]
-    assert execute["execute_notebooks"] == "force"
+    assert execute["execute_notebooks"] == "cache"  # jupyter-cache, behind tools/book_engine.py's key
+    assert CONFIG["sphinx"]["local_extensions"]["book_engine"] == "tools"
+    assert (ROOT / "tools" / "book_engine.py").exists()
     assert execute["allow_errors"] is False
     assert "**.ipynb" in CONFIG["exclude_patterns"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _myst import MYST_HEADER
+from _myst import MYST_HEADER, tiny_book
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,16 +28,7 @@ assert_identity(sp.diff(t**2, t), PLANTED, name="derivative of t squared")
 
 
 def make_book(tmp_path: Path, rhs: str) -> Path:
-    book = tmp_path / "book"
-    book.mkdir()
-    # the book's own extension is found relative to the config: point the copy at this checkout's
-    config = (ROOT / "_config.yml").read_text()
-    (book / "_config.yml").write_text(config.replace("fm_book: book/_ext", f"fm_book: {ROOT / 'book' / '_ext'}"))
-    shutil.copy(ROOT / "book" / "references.bib", book / "references.bib")
-    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: planted_chapter\n")
-    (book / "intro.md").write_text("# Intro\n\nA tiny book.\n")
-    (book / "planted_chapter.md").write_text(CHAPTER.replace("PLANTED", rhs))
-    return book
+    return tiny_book(tmp_path, {"planted_chapter": CHAPTER.replace("PLANTED", rhs)})
 
 
 def build(book: Path) -> subprocess.CompletedProcess:
@@ -68,3 +60,17 @@ def test_chapter_template_builds(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     page = (book / "_build" / "html" / "planted_chapter.html").read_text()
     assert re.search(r'class="pasted-text">\d\.\d\d<', page), "the glued value is not in the page"
+
+
+@pytest.mark.slow
+def test_wrong_formula_fails_plain_jupyter_book_build_and_names_the_chapter(tmp_path):
+    """What readers run, without tools/build_book.py: the engine's warning fails the -W build."""
+    book = make_book(tmp_path, "3 * t")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    env = dict(os.environ, FMLIB_PROFILE="quick")
+    result = subprocess.run([str(jb), "build", str(book), "-W", "--keep-going"], capture_output=True,
+                            text=True, timeout=600, env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "chapter planted_chapter (planted_chapter.md) failed" in out, out[-3000:]
+    assert "derivative of t squared" in out

@@ -1,23 +1,32 @@
 #!/usr/bin/env python3
-"""Build the book from an empty _build, strictly, and say which chapter failed.
+"""Build the book strictly, execute only what is stale (in parallel), and say which chapter failed.
 
-    python tools/build_book.py [--profile quick|full|auto] [--fresh-cache] [--book-dir book]
+    python tools/build_book.py [--profile quick|full|auto] [--fresh | --fresh-cache] [--book-dir book]
 
-* removes ``_build`` (beside the root ``_config.yml``) first (incremental builds skip unchanged files and hide failures);
-* runs ``jupyter-book build <book> -W --keep-going`` (every chapter is executed: ``execute_notebooks: force``);
+* runs ``jupyter-book build <book> -W --keep-going``. After a build with no warning (the marker
+  ``_build/build-ok``, kept by the engine), it is incremental, as plain ``jupyter-book build book/`` is: Sphinx re-reads the
+  changed pages and those whose chapter the engine re-executed; a -W build with no warning has no warning to
+  hide. Otherwise (a first build, a failed one, ``--fresh``) everything in ``_build`` but the execution cache
+  and the timings is removed and ``--all`` re-reads every page;
+* chapters are executed by tools/book_engine.py (a Sphinx extension listed in ``_config.yml``): only those
+  whose key (code cells, fmlib's files, profile, ``FMLIB_*`` settings, package versions) changed since
+  their cached outputs were made, several at once, longest first. ``_build/.jupyter_cache`` (the outputs)
+  and ``_build/fmbook-timings.json`` (the queue order) are kept between builds;
+* ``--fresh`` also removes the execution cache: every chapter executes;
+* ``--fresh-cache`` (``make test``, CI) is ``--fresh`` with ``FMLIB_CACHE_DIR`` at an empty folder inside
+  _build, so every model is trained in this build; otherwise the user's cache (``~/.cache/fmlib``) is reused;
 * sets ``FMLIB_PROFILE`` for the notebook kernels (``auto`` leaves the choice to fmlib: full on a GPU);
 * sets ``FMLIB_PROGRESS=summary`` unless it is set: a built page shows one line per training run, not the
   frames of a progress bar (nobody watches the kernels' stderr during a build);
-* ``--fresh-cache`` points ``FMLIB_CACHE_DIR`` at an empty folder inside _build, so every model is trained
-  in this build (checks and CI); otherwise the user's cache (``~/.cache/fmlib``) is reused;
 * on failure, prints for each chapter whose execution failed its name and the end of its traceback
-  (from ``_build/html/reports``), and the warning lines of the log; exits non-zero.
-* prints the execution time of every chapter and of the whole build.
+  (from ``_build/html/reports``), and the warning lines of the log; exits non-zero;
+* prints the engine's timing table (per chapter: executed now or from the cache) and the whole build's time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -27,12 +36,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from book_engine import OK_MARKER, TIMINGS_FILE  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("quick", "full", "auto"), default="auto")
-    parser.add_argument("--fresh-cache", action="store_true", help="train every model in this build")
+    parser.add_argument("--fresh", action="store_true", help="execute every chapter (drop the execution cache)")
+    parser.add_argument("--fresh-cache", action="store_true",
+                        help="--fresh, and train every model in this build (an empty model cache)")
     parser.add_argument("--book-dir", default=str(ROOT / "book"))
     parser.add_argument("--log", default=None, help="also write the full build log here")
     args = parser.parse_args(argv)
@@ -43,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no _config.yml in {book} or above it", file=sys.stderr)
         return 2
     build = config.parent / "_build"  # where jupyter-book puts it: beside the _config.yml it found
-    if build.exists():
-        shutil.rmtree(build)
-    build.mkdir(parents=True)
+    fresh = args.fresh or args.fresh_cache
+    marker = build / OK_MARKER  # tools/book_engine.py removes it when a build starts, writes it if no warning
+    incremental = marker.exists() and not fresh
+    if not incremental:
+        clean_build(build, keep_outputs=not fresh)
 
     env = dict(os.environ)
     if args.profile != "auto":
@@ -61,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if jb is None:
         print("jupyter-book is not installed in this environment (pip install -r requirements.txt)", file=sys.stderr)
         return 2
-    cmd = [jb, "build", str(book), "-W", "--keep-going", "--all", "--path-output", str(config.parent)]
+    cmd = [jb, "build", str(book), "-W", "--keep-going", "--path-output", str(config.parent)]
+    cmd += [] if incremental else ["--all"]
     print(f"$ {' '.join(cmd)}   (FMLIB_PROFILE={env.get('FMLIB_PROFILE', 'auto')}, "
           f"FMLIB_CACHE_DIR={env.get('FMLIB_CACHE_DIR', 'default')})", flush=True)
 
-    start = time.perf_counter()
+    start, start_time = time.perf_counter(), time.time()
     lines: list[str] = []
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1, cwd=ROOT) as proc:
@@ -81,13 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.log).write_text(log)
 
     print("\n" + "=" * 78)
-    timings = re.findall(r"Executing notebook using.*?\n.*?Executed notebook in ([\d.]+) seconds", log)
-    for match in re.finditer(r"(\S+?)\.md: Executed notebook in ([\d.]+) seconds", log):
-        print(f"  executed {Path(match.group(1)).name:<28} {float(match.group(2)):8.1f} s")
-    if not timings and "Executed notebook" not in log:
-        for match in re.finditer(r"Executing: (\S+?) in: .*", log):
-            print(f"  executed {Path(match.group(1)).name}")
-    print(f"  whole build: {elapsed:.1f} s (profile {env.get('FMLIB_PROFILE', 'auto')})")
+    timings = build / TIMINGS_FILE
+    if timings.exists() and timings.stat().st_mtime >= start_time:
+        print(json.loads(timings.read_text())["table"])
+    print(f"whole build (wall clock): {elapsed:.1f} s (profile {env.get('FMLIB_PROFILE', 'auto')})")
 
     failed = sorted((build / "html" / "reports").glob("**/*.err.log")) if (build / "html" / "reports").exists() else []
     warnings = [ln.rstrip() for ln in lines
@@ -115,9 +128,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: {intro} does not contain the notation table")
     if code != 0 or failed or missing:
         print(f"\nBOOK BUILD FAILED (jupyter-book exit code {code}).")
+        marker.unlink(missing_ok=True)
         return code or 1
     print("\nBook built: " + str(build / "html" / "index.html"))
     return 0
+
+
+def clean_build(build: Path, keep_outputs: bool) -> None:
+    """Empty ``build``, keeping the timings (queue order) and, if ``keep_outputs``, the execution cache."""
+    keep = {TIMINGS_FILE} | ({".jupyter_cache"} if keep_outputs else set())
+    build.mkdir(parents=True, exist_ok=True)
+    for entry in build.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def missing_figures(book: Path, html: Path) -> list[str]:
