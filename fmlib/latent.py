@@ -98,29 +98,11 @@ def pca_autoencoder(x: Tensor, latent_dim: int) -> tuple[Autoencoder, Tensor]:
     return ae.requires_grad_(False), evals.clamp_min(0.0)
 
 
-def _psd_sqrt(m: Tensor) -> Tensor:
-    evals, evecs = torch.linalg.eigh((m + m.T) / 2)
-    return (evecs * evals.clamp_min(0.0).sqrt()) @ evecs.T
-
-
 def gaussian_w2(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> float:
-    """W2 between N(mean_a, cov_a) and N(mean_b, cov_b) (covariances PSD, possibly singular; float64):
-
-        W2² = ‖m_a − m_b‖² + tr A + tr B − 2 tr (A^{1/2} B A^{1/2})^{1/2},
-
-    square roots by eigendecomposition (negative rounding eigenvalues clipped to 0; a singular covariance
-    limits the accuracy to about √(rounding) ≈ 1e-8 relative)."""
-    ma, a, mb, b = (torch.as_tensor(v, dtype=torch.float64) for v in (mean_a, cov_a, mean_b, cov_b))
-    d = ma.shape[0]
-    if ma.shape != (d,) or mb.shape != (d,) or a.shape != (d, d) or b.shape != (d, d):
-        raise ValueError(f"need means [d] and covariances [d, d], got {tuple(ma.shape)}, {tuple(a.shape)}, "
-                         f"{tuple(mb.shape)}, {tuple(b.shape)}")
-    if not all(bool(torch.isfinite(v).all()) for v in (ma, mb, a, b)):
-        raise ValueError("means and covariances must be finite")
-    root_a = _psd_sqrt(a)
-    cross = torch.linalg.eigvalsh(root_a @ b @ root_a).clamp_min(0.0).sqrt().sum()
-    value = float((ma - mb).pow(2).sum() + a.trace() + b.trace() - 2 * cross)
-    return math.sqrt(max(value, 0.0))
+    """W2 between N(mean_a, cov_a) and N(mean_b, cov_b), covariances PSD and possibly singular: the square root
+    of :func:`fmlib.metrics.gaussian_w2_squared` (the formula's one implementation)."""
+    from .metrics import gaussian_w2_squared
+    return math.sqrt(gaussian_w2_squared(mean_a, cov_a, mean_b, cov_b))
 
 
 def _digest(*tensors: Tensor) -> str:
