@@ -6,7 +6,8 @@ x_t = t x1 + (1 − t) x0.
 Modules: :mod:`~fmlib.runtime` (device, profile, threads, seeds), :mod:`~fmlib.paths` (schedulers, affine
 paths, parametrization conversions), :mod:`~fmlib.losses` (CFM losses), :mod:`~fmlib.solvers` (ODE/SDE
 samplers), :mod:`~fmlib.likelihood` (CNF log-likelihood), :mod:`~fmlib.guidance` (classifier-free guidance),
-:mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.diffusion` (SDEs, log-SNR, DDIM/η
+:mod:`~fmlib.analytic` (closed-form oracles), :mod:`~fmlib.latent` (autoencoders, latent
+flows and their W2 bound), :mod:`~fmlib.diffusion` (SDEs, log-SNR, DDIM/η
 samplers, loss weightings), :mod:`~fmlib.models`, :mod:`~fmlib.data`, :mod:`~fmlib.train`,
 :mod:`~fmlib.checkpoint`, :mod:`~fmlib.metrics`, :mod:`~fmlib.plotting`, :mod:`~fmlib.report` (tables, glue
 and checks in a page), :mod:`~fmlib.symbolic` (sympy checks),
@@ -23,6 +24,7 @@ from . import (  # noqa: E402
     data,
     diffusion,
     guidance,
+    latent,
     likelihood,
     losses,
     metrics,
@@ -46,6 +48,7 @@ __all__ = [
     "data",
     "diffusion",
     "guidance",
+    "latent",
     "likelihood",
     "losses",
     "metrics",

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 from ._checks import check_choice
 
 __all__ = [
+    "gaussian_w2_squared",
     "wasserstein2",
     "sliced_wasserstein2",
     "energy_distance",
@@ -464,42 +464,67 @@ def train_feature_classifier(images: Tensor, labels: Tensor, *, name: str, steps
     return classifier, accuracy
 
 
-def frechet_distance(feat_a: Tensor, feat_b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, F] (float64, scipy's sqrtm).
+def _sqrtm_psd(a: Tensor) -> Tensor:
+    """The symmetric PSD square root of a symmetric matrix (eigendecomposition; eigenvalues clamped at 0)."""
+    w, v = torch.linalg.eigh((a + a.T) / 2)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
 
-    FD = ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^{1/2}), with μ the sample mean and Σ the unbiased sample
-    covariance (divisor N − 1) of each set: the squared W2 distance between N(μ_a, Σ_a) and N(μ_b, Σ_b) (the
-    "FID" formula, here in the features of our own classifier). (Σ_a Σ_b)^{1/2} is ``scipy.linalg.sqrtm``'s
-    principal square root; its eigenvalues are real and ≥ 0 in exact arithmetic, so only the real part is kept
-    after checking that the imaginary part is rounding noise. A singular product (e.g. fewer points than
-    features) is retried with 1e-6 · I added to both covariances. The value is squared (no square root),
-    clipped at 0; identical sets give 0 up to rounding (~1e-10 · tr Σ).
+
+def _check_gaussian(mean: Tensor | np.ndarray, cov: Tensor | np.ndarray, name: str) -> tuple[Tensor, Tensor]:
+    mean, cov = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
+    d = mean.shape[-1] if mean.dim() == 1 else -1
+    if mean.dim() != 1 or tuple(cov.shape) != (d, d):
+        raise ValueError(f"{name}: need mean [D] and cov [D, D], got {tuple(mean.shape)} and {tuple(cov.shape)}")
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(cov).all()):
+        raise ValueError(f"{name}: mean and cov must be finite")
+    scale = max(1.0, float(cov.abs().max()))
+    if not torch.allclose(cov, cov.T, atol=1e-10 * scale) or float(torch.linalg.eigvalsh(cov).min()) < -1e-9 * scale:
+        raise ValueError(f"{name}: cov must be symmetric positive semi-definite")
+    return mean, cov
+
+
+def gaussian_w2_squared(mean0: Tensor | np.ndarray, cov0: Tensor | np.ndarray, mean1: Tensor | np.ndarray,
+                        cov1: Tensor | np.ndarray) -> float:
+    """W2²(N(m0, S0), N(m1, S1)) = ‖m0 − m1‖² + tr(S0 + S1 − 2 (S0^{1/2} S1 S0^{1/2})^{1/2}).
+
+    The one implementation of the Gaussian (Bures–Wasserstein) formula: the Fréchet distance, the optimal
+    transport chapter's Gaussian W2 and the latent chapter's bound all call it. Square roots by symmetric
+    eigendecomposition in float64 (eigenvalues clamped at 0, so singular covariances are fine: accuracy
+    about √(rounding) relative there); the result is clipped at 0. For S0 = I, S1 = s² I in D dimensions it
+    is ‖m0 − m1‖² + D (1 − s)².
+
+    Raises:
+        ValueError: shapes, non-finite entries, different dimensions, or a covariance that is not symmetric
+            positive semi-definite (up to rounding).
+    """
+    m0, s0 = _check_gaussian(mean0, cov0, "first Gaussian")
+    m1, s1 = _check_gaussian(mean1, cov1, "second Gaussian")
+    if m0.shape != m1.shape:
+        raise ValueError(f"dimensions differ: {m0.shape[0]} and {m1.shape[0]}")
+    r = _sqrtm_psd(s0)
+    cross = torch.linalg.eigvalsh((r @ s1 @ r + (r @ s1 @ r).T) / 2).clamp_min(0).sqrt().sum()
+    return max(float((m0 - m1).square().sum() + torch.trace(s0 + s1) - 2 * cross), 0.0)
+
+
+def frechet_distance(feat_a: Tensor, feat_b: Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, F] (float64).
+
+    FD = ‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2}), with μ the sample mean and Σ the
+    unbiased sample covariance (divisor N − 1) of each set: the squared W2 distance between N(μ_a, Σ_a) and
+    N(μ_b, Σ_b) (the "FID" formula, here in the features of our own classifier), computed by
+    :func:`gaussian_w2_squared` (singular covariances, e.g. fewer points than features, are fine). The value
+    is squared (no square root), clipped at 0; identical sets give 0 up to rounding.
 
     Args:
         feat_a: [N, F]; feat_b: [M, F] (N, M ≥ 2).
 
     Raises:
-        ValueError: shape mismatch, fewer than 2 rows, NaN; or an imaginary part of the square root that is
-            not rounding noise (the covariances are badly conditioned: use more samples).
+        ValueError: shape mismatch, fewer than 2 rows, NaN.
     """
     a, b = _pair(feat_a, feat_b, names=("feat_a", "feat_b"), min_points=2)
-    a, b = a.numpy(), b.numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():
-        eps = 1e-6 * np.eye(cov_a.shape[0])
-        root = scipy.linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    if np.iscomplexobj(root):
-        scale = max(1.0, float(np.abs(root.real).max()))
-        if np.abs(root.imag).max() > 1e-3 * scale:
-            raise ValueError(f"sqrtm(Σ_a Σ_b) has an imaginary part of size {np.abs(root.imag).max():.3g} "
-                             "(relative to the real part): the covariances are too ill-conditioned; use more samples")
-        root = root.real
-    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
-    return max(value, 0.0)
+    a, b = a.double(), b.double()
+    return gaussian_w2_squared(a.mean(0), torch.atleast_2d(torch.cov(a.T)),
+                               b.mean(0), torch.atleast_2d(torch.cov(b.T)))
 
 
 def kernel_distance(feat_a: Tensor, feat_b: Tensor) -> float:

@@ -505,6 +505,26 @@ def _cache_lock(path: Path | None) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+LEDGER_ENV = "FMLIB_CACHE_LOG"
+"""Environment variable naming a JSON-lines file to which :func:`train` appends one record per run (the build
+engine sets it, with ``FMLIB_CHAPTER``, to report which models one chapter trained and another loaded)."""
+
+
+def _record_run(event: str, name: str, run_key: str, seconds: float) -> None:
+    """Append ``{"event": "trained" | "loaded", "name", "key", "chapter", "seconds"}`` to the file named by
+    ``$FMLIB_CACHE_LOG``; nothing when it is unset. A failed write warns and never stops training."""
+    target = os.environ.get(LEDGER_ENV)
+    if not target:
+        return
+    record = {"event": event, "name": name, "key": run_key, "seconds": round(float(seconds), 3),
+              "chapter": os.environ.get("FMLIB_CHAPTER", "")}
+    try:
+        with open(target, "a", encoding="utf-8") as handle:  # one short line: appends do not interleave
+            handle.write(json.dumps(record) + "\n")
+    except OSError as err:
+        warnings.warn(f"{LEDGER_ENV}={target!r}: cannot record the run ({err})", RuntimeWarning, stacklevel=3)
+
+
 def _load_cached(model: nn.Module, path: Path, key: str) -> tuple[nn.Module, np.ndarray, float] | None:
     """(EMA model, losses, training seconds) from the checkpoint at ``path``, with the raw weights loaded into
     ``model``; None with a RuntimeWarning when the file is unreadable, for another key, or does not fit."""
@@ -638,9 +658,12 @@ def train(
                                   f"description ({dict(key or {})!r}); only the loss function's code and closure "
                                   "values identify its data. Pass key={'data': ...} naming the data set",
                                   RuntimeWarning, stacklevel=3)
+                _record_run("loaded", name, run_key, train_seconds)
                 return TrainResult(model=ema_model.eval(), raw_model=model.eval(), losses=losses, seconds=0.0,
                                    from_cache=True, key=run_key, path=path, train_seconds=train_seconds)
-        return _fit(model, loss_fn, config, name=name, run_key=run_key, path=path, dev=dev, mode=mode)
+        result = _fit(model, loss_fn, config, name=name, run_key=run_key, path=path, dev=dev, mode=mode)
+        _record_run("trained", name, run_key, result.seconds)
+        return result
 
 
 def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, run_key: str, path: Path | None,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import couplings, losses, models, paths, runtime, solvers, zoo
 from . import data as data_mod
-from .metrics import _trajectory
+from .metrics import _check_gaussian, _sqrtm_psd, _trajectory, gaussian_w2_squared
 from .train import TrainConfig, TrainResult, train
 
 __all__ = ["kinetic_energy", "gaussian_w2_squared", "gaussian_ot_map", "coupled_toy_flow", "reflow_pairs",
@@ -50,41 +50,6 @@ def kinetic_energy(trajectory: Tensor, times: Tensor) -> float:
         raise ValueError("times must be finite and strictly increasing")
     steps = (traj[1:] - traj[:-1]).square().sum(-1).mean(1)
     return float((steps / dt).sum())
-
-
-def _sqrtm_psd(a: Tensor) -> Tensor:
-    """The symmetric PSD square root of a symmetric PSD matrix (eigenvalues clamped at 0)."""
-    w, v = torch.linalg.eigh(a)
-    return (v * w.clamp_min(0).sqrt()) @ v.T
-
-
-def _check_gaussian(mean: Tensor, cov: Tensor, name: str) -> tuple[Tensor, Tensor]:
-    mean, cov = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64)
-    d = mean.shape[-1] if mean.dim() == 1 else -1
-    if mean.dim() != 1 or tuple(cov.shape) != (d, d):
-        raise ValueError(f"{name}: need mean [D] and cov [D, D], got {tuple(mean.shape)} and {tuple(cov.shape)}")
-    if not bool(torch.isfinite(mean).all() and torch.isfinite(cov).all()):
-        raise ValueError(f"{name}: mean and cov must be finite")
-    if not torch.allclose(cov, cov.T, atol=1e-10) or float(torch.linalg.eigvalsh(cov).min()) < -1e-10:
-        raise ValueError(f"{name}: cov must be symmetric positive semi-definite")
-    return mean, cov
-
-
-def gaussian_w2_squared(mean0: Tensor, cov0: Tensor, mean1: Tensor, cov1: Tensor) -> float:
-    """W2²(N(m0, S0), N(m1, S1)) = ‖m0 − m1‖² + tr(S0 + S1 − 2 (S0^{1/2} S1 S0^{1/2})^{1/2}).
-
-    For S0 = I, S1 = s² I in D dimensions: ‖m0 − m1‖² + D (1 − s)². Computed in float64.
-
-    Raises:
-        ValueError: shapes, non-finite entries, or a covariance that is not symmetric PSD.
-    """
-    m0, s0 = _check_gaussian(mean0, cov0, "source")
-    m1, s1 = _check_gaussian(mean1, cov1, "target")
-    if m0.shape != m1.shape:
-        raise ValueError(f"dimensions differ: {m0.shape[0]} and {m1.shape[0]}")
-    r = _sqrtm_psd(s0)
-    cross = _sqrtm_psd(r @ s1 @ r)
-    return float((m0 - m1).square().sum() + torch.trace(s0 + s1 - 2 * cross))
 
 
 def gaussian_ot_map(mean0: Tensor, cov0: Tensor, mean1: Tensor, cov1: Tensor) -> tuple[Tensor, Tensor]:

@@ -136,3 +136,19 @@ def test_plain_jupyter_book_build_is_never_stale(tmp_path):
     assert not changed["cached"]
     assert "the constant is 2222" in page.read_text()
     assert "the constant is 1111" not in page.read_text()
+
+
+def test_model_reuse_names_models_one_chapter_trained_and_another_loaded():
+    records = [{"event": "trained", "name": "digits", "key": "k1", "chapter": "a"},
+               {"event": "loaded", "name": "digits", "key": "k1", "chapter": "b"},
+               {"event": "trained", "name": "toy", "key": "k2", "chapter": "b"},
+               {"event": "loaded", "name": "toy", "key": "k2", "chapter": "b"},  # same chapter: not shared
+               {"event": "loaded", "name": "old", "key": "k3", "chapter": "a"}]  # trained in an earlier build
+    line = book_engine.model_reuse(records)
+    assert line.startswith("models: 2 trained, 3 loaded from the checkpoint cache")
+    assert line.endswith("trained by one chapter and loaded by another: digits (a → b)")
+    assert book_engine.model_reuse([]) == "models: 0 trained, 0 loaded from the checkpoint cache"
+
+
+def test_the_ledger_variables_do_not_change_the_key():
+    assert {"FMLIB_CHAPTER", "FMLIB_CACHE_LOG"} <= book_engine.IRRELEVANT_ENV

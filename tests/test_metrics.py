@@ -380,3 +380,13 @@ def test_trajectory_metrics_flatten_images_and_validate():
         metrics.straightness_gap(torch.full((3, 2, 2), float("nan")))
     with pytest.raises(ValueError, match="zero chord"):
         metrics.trajectory_curvature(torch.zeros(3, 2, 2))
+
+
+def test_gaussian_w2_formula_lives_in_one_function():
+    from fmlib import latent, transport
+    assert transport.gaussian_w2_squared is metrics.gaussian_w2_squared
+    m, a = torch.tensor([1.0, 0.0]), torch.tensor([[2.0, 0.5], [0.5, 1.0]])
+    value = metrics.gaussian_w2_squared(m, a, -m, torch.eye(2))
+    assert latent.gaussian_w2(m, a, -m, torch.eye(2)) == pytest.approx(value ** 0.5, rel=1e-12)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        metrics.gaussian_w2_squared(m, -a, m, a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -334,3 +335,23 @@ def test_a_diverging_run_warns():
     model_loss = lambda m, b, g: (m.weight.square().sum() + m.bias.square().sum()) + 0 * g.initial_seed()  # noqa: E731
     with pytest.warns(RuntimeWarning, match="diverged"):
         _run(TrainConfig(steps=50, batch_size=1, lr=1e6, grad_clip=None), loss_fn=model_loss, cache=False)
+
+
+def test_run_ledger_records_trained_then_loaded_with_the_chapter(monkeypatch, tmp_path):
+    ledger = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("FMLIB_CACHE_LOG", str(ledger))
+    monkeypatch.setenv("FMLIB_CHAPTER", "chapter_a")
+    first = _run(loss_fn=Counting())
+    monkeypatch.setenv("FMLIB_CHAPTER", "chapter_b")
+    second = _run(loss_fn=Counting())
+    assert second.from_cache
+    records = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(r["event"], r["chapter"]) for r in records] == [("trained", "chapter_a"), ("loaded", "chapter_b")]
+    assert records[0]["key"] == records[1]["key"] == first.key
+
+
+def test_run_ledger_that_cannot_be_written_warns_and_trains(monkeypatch, tmp_path):
+    monkeypatch.setenv("FMLIB_CACHE_LOG", str(tmp_path / "missing-folder" / "runs.jsonl"))
+    with pytest.warns(RuntimeWarning, match="cannot record the run"):
+        result = _run(cache=False)
+    assert not result.from_cache

@@ -69,6 +69,8 @@ IRRELEVANT_ENV = frozenset({
     "FMLIB_BOOK_JOBS",  # how many chapters run at once
     "FMLIB_PROFILE",  # in the key as the profile it resolves to (unset = quick on a CPU = "quick")
     "FMLIB_DEVICE",  # likewise, as the device
+    "FMLIB_CHAPTER",  # set by the engine per kernel: names the chapter in the model ledger
+    "FMLIB_CACHE_LOG",  # the model ledger's file
 })
 """``FMLIB_*`` variables left out of the key's ``env``. Every other ``FMLIB_*`` variable is in it, new ones
 included."""
@@ -220,10 +222,23 @@ def queue_order(chapters: list[Chapter], recorded: dict[str, float]) -> list[Cha
     return sorted(chapters, key=lambda c: (-recorded.get(c.docname, float("inf")), -c.code_size))
 
 
+def model_reuse(records: list[dict]) -> str:
+    """One line on the models of a build from fmlib's run ledger (``FMLIB_CACHE_LOG``): how many were trained,
+    how many loaded, and which loads reused a model another chapter trained in this build."""
+    trained = {r["key"]: r for r in records if r.get("event") == "trained"}
+    loaded = [r for r in records if r.get("event") == "loaded"]
+    shared = sorted({f"{r['name']} ({trained[r['key']]['chapter']} → {r['chapter']})" for r in loaded
+                     if r["key"] in trained and trained[r["key"]]["chapter"] != r["chapter"]})
+    line = f"models: {len(trained)} trained, {len(loaded)} loaded from the checkpoint cache"
+    return line + (f"; trained by one chapter and loaded by another: {', '.join(shared)}" if shared else "")
+
+
 def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[str, float],
-                     jobs: int | None = None, log=print) -> float:
+                     jobs: int | None = None, log=print, ledger: list[dict] | None = None) -> float:
     """Execute ``chapters`` in worker processes, longest first; fill in seconds, error, executed.
 
+    Each kernel gets ``FMLIB_CHAPTER`` (its chapter's name) and ``FMLIB_CACHE_LOG`` (a file fmlib.train appends
+    a record to per training run); the records are appended to ``ledger`` when one is given.
     Returns the wall time in seconds.
     """
     if not chapters:
@@ -244,7 +259,8 @@ def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(src), str(dst),
                str(cwd_of(chapter)), str(timeout)]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        chapter_env = dict(env, FMLIB_CHAPTER=chapter.name, FMLIB_CACHE_LOG=str(tmp / "runs.jsonl"))
+        proc = subprocess.run(cmd, env=chapter_env, capture_output=True, text=True)
         result = Path(str(dst) + ".json")
         if proc.returncode == 0 and result.exists():
             info = json.loads(result.read_text())
@@ -263,6 +279,9 @@ def execute_chapters(chapters: list[Chapter], cwd_of, timeout: int, order: dict[
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             for future in [pool.submit(one, c, Path(tmp)) for c in queue]:
                 future.result()
+        runs = Path(tmp) / "runs.jsonl"
+        if ledger is not None and runs.exists():
+            ledger.extend(json.loads(line) for line in runs.read_text().splitlines() if line.strip())
     return time.perf_counter() - start
 
 
@@ -381,8 +400,9 @@ def builder_inited(app) -> None:
     def cwd_of(chapter: Chapter) -> Path:
         return chapter.path.parent
 
+    runs: list[dict] = []
     wall = execute_chapters(stale, cwd_of, nb_config.execution_timeout or 1200, recorded,
-                            log=logger.info)
+                            log=logger.info, ledger=runs)
     reports = Path(app.outdir) / "reports"
     for c in stale:
         bundle = CacheBundleIn(c.executed, str(c.path), data={"execution_seconds": c.seconds})
@@ -402,6 +422,8 @@ def builder_inited(app) -> None:
             report.unlink(missing_ok=True)
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True))
     table = timing_table(chapters, wall)
+    if stale:
+        table += "\n" + model_reuse(runs)
     logger.info("book_engine: chapter execution (key check and execution took "
                 f"{time.perf_counter() - start:.1f} s)\n" + table)
     timings_path.write_text(json.dumps({

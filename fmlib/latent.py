@@ -1,0 +1,263 @@
+"""Flow matching in the latent space of an autoencoder, and the terms of its Wasserstein-2 bound.
+
+Pipeline: an encoder E: R^d → R^k and a decoder D: R^k → R^d (:class:`Autoencoder`), latents z = E(x)
+normalised to unit scale (:class:`LatentScale`), a flow-matching model trained on them
+(:func:`train_latent_flow`), samples x̂ = D(ẑ).
+
+The bound (derived in the book's latent chapter), with q = E#p the latent data, q̂ the latent model and
+L_FM = ∫₀¹ E_{q_t} ‖u_t − v̂_t‖² dt the marginal flow-matching loss:
+
+    W2(p, D#q̂) ≤ R + L_D W2(q, q̂),   R = (E_p ‖x − D(E(x))‖²)^{1/2}           (:func:`pixel_w2_bound`)
+    W2(q, q̂)  ≤ (e^{1 + 2 L̂} L_FM)^{1/2},  L̂ the Lipschitz constant of v̂ in z   (:func:`latent_w2_bound`)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import losses, models, paths, runtime
+from .train import TrainConfig, TrainResult, train
+
+__all__ = ["Autoencoder", "train_autoencoder", "encode", "decode", "LatentScale", "reconstruction_rmse",
+           "jacobian_spectral_norms", "lipschitz_estimate", "latent_w2_bound", "pixel_w2_bound",
+           "marginal_fm_loss", "train_latent_flow", "pca_autoencoder", "gaussian_w2"]
+
+
+def _flat(x: Tensor, dim: int, *, name: str) -> Tensor:
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError(f"{name} must be a floating tensor [N, ...], got {type(x).__name__}")
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != dim:
+        raise ValueError(f"{name} has {flat.shape[1]} features per sample, expected {dim}")
+    return flat
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """Deterministic MLP autoencoder of flattened data: E(x) = MLP_e(x) ∈ R^k, D(z) = MLP_d(z) ∈ R^d
+    (``depth`` hidden SiLU layers of width ``hidden`` each, linear outputs).
+
+    ``encode(x)`` takes [N, ...] with d features per sample and returns [N, k]; ``decode(z)`` returns
+    [N, d] (reshape with :func:`decode`). ``forward(x)`` is D(E(x)) flattened.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int, *, hidden: int = 256, depth: int = 2) -> None:
+        super().__init__()
+        for name, v in (("data_dim", data_dim), ("latent_dim", latent_dim), ("hidden", hidden), ("depth", depth)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.data_dim, self.latent_dim = data_dim, latent_dim
+        self.encoder = _mlp([data_dim] + [hidden] * depth + [latent_dim])
+        self.decoder = _mlp([latent_dim] + [hidden] * depth + [data_dim])
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(_flat(x, self.data_dim, name="x"))
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(_flat(z, self.latent_dim, name="z"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+
+def pca_autoencoder(x: Tensor, latent_dim: int) -> tuple[Autoencoder, Tensor]:
+    """The linear autoencoder of principal components: E(x) = U_kᵀ (x − μ), D(z) = μ + U_k z, with U_k the top
+    ``latent_dim`` eigenvectors of the covariance of x [N, d]. Returns (autoencoder, eigenvalues [d] descending);
+    its mean squared reconstruction error is the sum of the discarded eigenvalues (population covariance, /N).
+    """
+    flat = x.reshape(x.shape[0], -1).double()
+    d = flat.shape[1]
+    if not 1 <= latent_dim <= d:
+        raise ValueError(f"latent_dim must be in [1, {d}], got {latent_dim}")
+    mu = flat.mean(0)
+    cov = (flat - mu).T @ (flat - mu) / flat.shape[0]
+    evals, evecs = torch.linalg.eigh(cov)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    u = evecs[:, :latent_dim]
+    ae = Autoencoder(d, latent_dim, depth=1, hidden=1).double()
+    ae.encoder = nn.Linear(d, latent_dim).double()
+    ae.decoder = nn.Linear(latent_dim, d).double()
+    with torch.no_grad():
+        ae.encoder.weight.copy_(u.T)
+        ae.encoder.bias.copy_(-(u.T @ mu))
+        ae.decoder.weight.copy_(u)
+        ae.decoder.bias.copy_(mu)
+    return ae.requires_grad_(False), evals.clamp_min(0.0)
+
+
+def gaussian_w2(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> float:
+    """W2 between N(mean_a, cov_a) and N(mean_b, cov_b), covariances PSD and possibly singular: the square root
+    of :func:`fmlib.metrics.gaussian_w2_squared` (the formula's one implementation)."""
+    from .metrics import gaussian_w2_squared
+    return math.sqrt(gaussian_w2_squared(mean_a, cov_a, mean_b, cov_b))
+
+
+def _digest(*tensors: Tensor) -> str:
+    from .metrics import _tensor_digest
+    return _tensor_digest(*tensors)
+
+
+def train_autoencoder(x: Tensor, latent_dim: int, *, name: str, steps: int, batch_size: int = 128,
+                      lr: float = 2e-3, hidden: int = 256, depth: int = 2, seed: int = 0,
+                      progress: bool = True) -> TrainResult:
+    """Train (or load from the cache) an :class:`Autoencoder` on x [N, ...] with the mean squared
+    reconstruction error ‖x − D(E(x))‖² / d through :func:`fmlib.train.train` (cache key: a digest of x)."""
+    flat = x.reshape(x.shape[0], -1).float()
+    runtime.seed_everything(seed)
+    model = Autoencoder(flat.shape[1], latent_dim, hidden=hidden, depth=depth)
+
+    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> Tensor:
+        idx = torch.randint(0, flat.shape[0], (batch,), generator=g)
+        xb = flat[idx].to(next(m.parameters()).device)
+        return (m(xb) - xb).square().mean()
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, amp=False,
+                         warmup_steps=min(100, steps // 10), lr_schedule="cosine")
+    key = {"recipe": "autoencoder", "data": _digest(flat), "latent_dim": latent_dim}
+    return train(model, loss_fn, config, name=name, key=key, progress=progress)
+
+
+@torch.no_grad()
+def encode(ae: Autoencoder, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """E(x) for a data set x [N, ...] in batches, on the autoencoder's device; returns [N, k] on the CPU."""
+    dev = next(ae.parameters()).device
+    dtype = next(ae.parameters()).dtype
+    return torch.cat([ae.encode(x[i:i + batch_size].to(dev, dtype)).cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def decode(ae: Autoencoder, z: Tensor, shape: tuple[int, ...] | None = None, *, batch_size: int = 1024) -> Tensor:
+    """D(z) for latents z [N, k] in batches; reshaped to [N, *shape] when ``shape`` is given (CPU)."""
+    dev = next(ae.parameters()).device
+    dtype = next(ae.parameters()).dtype
+    out = torch.cat([ae.decode(z[i:i + batch_size].to(dev, dtype)).cpu() for i in range(0, len(z), batch_size)])
+    return out if shape is None else out.reshape(len(z), *shape)
+
+
+@dataclass(frozen=True)
+class LatentScale:
+    """z ↦ (z − mean) / scale with one scalar ``scale`` for all coordinates (as latent diffusion's 0.18215 =
+    1/scale does). :meth:`fit` takes the mean and the overall standard deviation of latents [N, k]; a chosen
+    ``target_std`` gives latents of that std (the scale ablation)."""
+
+    mean: Tensor
+    scale: float
+
+    @staticmethod
+    def fit(z: Tensor, target_std: float = 1.0) -> "LatentScale":
+        if not (math.isfinite(target_std) and target_std > 0):
+            raise ValueError(f"target_std must be positive, got {target_std}")
+        mean = z.mean(0)
+        std = float((z - mean).pow(2).mean().sqrt())
+        if not std > 0:
+            raise ValueError("latents have zero spread")
+        return LatentScale(mean=mean.detach(), scale=std / target_std)
+
+    def normalise(self, z: Tensor) -> Tensor:
+        return (z - self.mean.to(z)) / self.scale
+
+    def denormalise(self, zn: Tensor) -> Tensor:
+        return zn * self.scale + self.mean.to(zn)
+
+
+@torch.no_grad()
+def reconstruction_rmse(ae: Autoencoder, x: Tensor) -> float:
+    """R = (mean_i ‖x_i − D(E(x_i))‖²)^{1/2}, the norm summed over all d coordinates."""
+    flat = x.reshape(x.shape[0], -1)
+    rec = decode(ae, encode(ae, x)).to(flat)
+    return float((flat - rec).pow(2).sum(1).mean().sqrt())
+
+
+def jacobian_spectral_norms(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """‖∂fn/∂z (z_i)‖₂ (largest singular value of the Jacobian) at each row of z [N, k]; fn maps [B, k] to
+    [B, m] row by row. Returns [N]."""
+    if z.dim() != 2:
+        raise ValueError(f"z must be [N, k], got {tuple(z.shape)}")
+    from torch.func import jacrev, vmap
+
+    jac = vmap(jacrev(lambda v: fn(v[None])[0]))(z)          # [N, m, k]
+    return torch.linalg.matrix_norm(jac.detach(), ord=2)
+
+
+def lipschitz_estimate(fn: Callable[[Tensor], Tensor], z: Tensor) -> float:
+    """max_i ‖∂fn/∂z (z_i)‖₂ over the rows of z: the Lipschitz constant of fn restricted to where the samples
+    are (a lower estimate of the global one; exact for a linear fn)."""
+    return float(jacobian_spectral_norms(fn, z).max())
+
+
+def _nonneg(value: float, name: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def latent_w2_bound(fm_loss: float, velocity_lipschitz: float) -> float:
+    """(e^{1 + 2 L̂} L_FM)^{1/2}: Grönwall's bound of W2(q, q̂) by the marginal flow-matching loss
+    L_FM = ∫₀¹ E_{q_t} ‖u_t − v̂_t‖² dt (summed over coordinates) and L̂ = Lip(v̂)."""
+    fm_loss = _nonneg(fm_loss, "fm_loss")
+    lip = _nonneg(velocity_lipschitz, "velocity_lipschitz")
+    return math.sqrt(fm_loss) * math.exp((1.0 + 2.0 * lip) / 2.0)
+
+
+def pixel_w2_bound(reconstruction: float, decoder_lipschitz: float, latent_w2: float) -> float:
+    """R + L_D W2(q, q̂): the bound of W2(p, D#q̂) by the reconstruction error R, Lip(D) and the latent W2."""
+    return (_nonneg(reconstruction, "reconstruction")
+            + _nonneg(decoder_lipschitz, "decoder_lipschitz") * _nonneg(latent_w2, "latent_w2"))
+
+
+def marginal_fm_loss(velocity: Callable[[Tensor, Tensor], Tensor], exact: Callable[[Tensor, Tensor], Tensor],
+                     x1: Tensor, *, n: int, t_max: float = 0.999, generator: torch.Generator | None = None) -> float:
+    """Monte Carlo L_FM = E_{t ~ U[0, t_max], x_t} ‖u_t(x_t) − v̂(x_t, t)‖² (summed over coordinates) on the
+    linear path x_t = t x1 + (1 − t) x0, x1 drawn from the rows of x1 [M, k], x0 ~ N(0, I); ``exact`` is the
+    marginal field u (e.g. :class:`fmlib.analytic.MarginalField` of the empirical latents)."""
+    if not 0 < t_max <= 1:
+        raise ValueError(f"t_max must be in (0, 1], got {t_max}")
+    t = t_max * torch.rand(n, generator=generator, dtype=x1.dtype)
+    idx = torch.randint(0, x1.shape[0], (n,), generator=generator)
+    x0 = torch.randn(n, x1.shape[1], generator=generator, dtype=x1.dtype)
+    xt = t[:, None] * x1[idx] + (1 - t[:, None]) * x0
+    with torch.no_grad():
+        diff = exact(xt, t) - velocity(xt, t).to(xt)
+    return float(t_max * diff.pow(2).sum(1).mean())
+
+
+def train_latent_flow(z: Tensor, labels: Tensor | None = None, *, name: str, steps: int, label_dropout: float = 0.2,
+                      hidden: int = 256, depth: int = 3, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
+                      progress: bool = True) -> TrainResult:
+    """Train (or load) a velocity :class:`fmlib.models.MLP` on latents z [N, k] with the CFM loss of the linear
+    path; with ``labels`` [N] it is class-conditional and each label is replaced by the null label with
+    probability ``label_dropout`` (classifier-free guidance)."""
+    from .guidance import drop_labels
+
+    z = z.detach().float()
+    num_classes = None if labels is None else int(labels.max()) + 1
+    path = paths.AffinePath(paths.get_scheduler("condot"))
+    runtime.seed_everything(seed)
+    model = models.MLP(dim=z.shape[1], hidden=hidden, depth=depth, num_classes=num_classes)
+
+    def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> Tensor:
+        idx = torch.randint(0, z.shape[0], (batch,), generator=g)
+        dev = next(m.parameters()).device
+        y = None
+        if labels is not None:
+            y = drop_labels(labels[idx], p=label_dropout, null_label=m.null_label, generator=g).to(dev)
+        return losses.conditional_flow_matching_loss(m, path, z[idx].to(dev), y=y, generator=g)
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, amp=False)
+    key = {"recipe": "latent_flow", "latents": _digest(z) if labels is None else _digest(z, labels),
+           "label_dropout": label_dropout if labels is not None else None, "path": path.config()}
+    return train(model, loss_fn, config, name=name, key=key, progress=progress)

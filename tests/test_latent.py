@@ -1,0 +1,98 @@
+"""fmlib.latent against closed forms: PCA autoencoders, linear maps, Gaussian W2."""
+
+import math
+
+import pytest
+import torch
+
+from fmlib import analytic, latent, paths
+
+
+def _gaussian_data(n=4000, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.2, 0.1])[:d]
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scales) @ torch.linalg.qr(
+        torch.randn(d, d, generator=g, dtype=torch.float64))[0].T + 1.5
+
+
+def test_pca_reconstruction_is_sum_of_discarded_eigenvalues():
+    x = _gaussian_data()
+    for k in (1, 3, 5):
+        ae, evals = latent.pca_autoencoder(x, k)
+        rmse = latent.reconstruction_rmse(ae, x)
+        assert rmse ** 2 == pytest.approx(float(evals[k:].sum()), rel=1e-9)
+
+
+def test_pca_decoder_lipschitz_is_one_and_linear_map_gives_top_singular_value():
+    x = _gaussian_data()
+    ae, _ = latent.pca_autoencoder(x, 3)
+    z = latent.encode(ae, x[:50])
+    assert latent.lipschitz_estimate(ae.decode, z) == pytest.approx(1.0, abs=1e-10)
+    a = torch.randn(7, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    norms = latent.jacobian_spectral_norms(lambda v: v @ a.T, torch.randn(5, 4, dtype=torch.float64))
+    assert torch.allclose(norms, torch.linalg.svdvals(a)[0].expand(5), atol=1e-12)
+
+
+def test_bounds_closed_form_and_errors():
+    assert latent.latent_w2_bound(0.5, 1.0) == pytest.approx(math.sqrt(math.e ** 3 * 0.5))
+    assert latent.pixel_w2_bound(0.1, 2.0, 0.3) == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        latent.latent_w2_bound(-1.0, 1.0)
+    with pytest.raises(ValueError):
+        latent.pixel_w2_bound(0.1, float("nan"), 0.3)
+
+
+def test_latent_scale_roundtrip_and_std():
+    z = 5 * torch.randn(1000, 4, dtype=torch.float64) + 2
+    for target in (0.2, 1.0, 5.0):
+        sc = latent.LatentScale.fit(z, target_std=target)
+        zn = sc.normalise(z)
+        assert float(zn.pow(2).mean().sqrt()) == pytest.approx(target, rel=1e-9)
+        assert torch.allclose(sc.denormalise(zn), z)
+    with pytest.raises(ValueError):
+        latent.LatentScale.fit(z, target_std=0.0)
+
+
+def test_marginal_fm_loss_zero_for_exact_and_closed_form_for_shift():
+    x1 = torch.randn(40, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = analytic.MarginalField(paths.AffinePath(paths.get_scheduler("condot")),
+                                   analytic.GaussianMixture.from_points(x1))
+    g = torch.Generator().manual_seed(0)
+    assert latent.marginal_fm_loss(exact, exact, x1, n=500, generator=g) == 0.0
+    shifted = lambda x, t: exact(x, t) + torch.tensor([0.3, 0.4], dtype=x.dtype)
+    # ‖s‖² = 0.25 integrated over t ∈ [0, t_max]
+    got = latent.marginal_fm_loss(shifted, exact, x1, n=500, t_max=0.9, generator=g)
+    assert got == pytest.approx(0.25 * 0.9, rel=1e-9)
+
+
+def test_autoencoder_shapes_and_errors():
+    ae = latent.Autoencoder(64, 8, hidden=16)
+    x = torch.randn(3, 1, 8, 8)
+    assert ae.encode(x).shape == (3, 8) and latent.decode(ae, ae.encode(x), (1, 8, 8)).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError):
+        ae.encode(torch.randn(3, 10))
+    with pytest.raises(ValueError):
+        latent.Autoencoder(64, 0)
+
+
+def test_gaussian_w2_commuting_and_singular_cases():
+    a = torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    q = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    m = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    got = latent.gaussian_w2(m, q @ torch.diag(a) @ q.T, torch.zeros(3, dtype=torch.float64),
+                             q @ torch.diag(b) @ q.T)
+    assert got == pytest.approx(math.sqrt(1.0 + float((a.sqrt() - b.sqrt()).pow(2).sum())), abs=1e-7)
+    # (a zero eigenvalue costs √(rounding) ≈ 1e-8 of accuracy)
+    # against scipy's sqrtm on a non-commuting, non-singular pair
+    import numpy as np
+    import scipy.linalg
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, 4, generator=g, dtype=torch.float64)
+    A, B = (x @ x.T).numpy(), (y @ y.T).numpy()
+    ra = scipy.linalg.sqrtm(A)
+    ref = np.trace(A + B - 2 * np.real(scipy.linalg.sqrtm(ra @ B @ ra)))
+    z = torch.zeros(4, dtype=torch.float64)
+    assert latent.gaussian_w2(z, torch.from_numpy(A), z, torch.from_numpy(B)) == pytest.approx(math.sqrt(ref), rel=1e-8)
+    with pytest.raises(ValueError):
+        latent.gaussian_w2(z, torch.eye(3), z, torch.eye(4))
