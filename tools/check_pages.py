@@ -52,11 +52,8 @@ HEIGHT = {"desktop": 900, "tablet": 1000, "phone": 844}
 MIN_FIGURE_SCALE = 0.8   # 9 pt tick labels at >= 10 px
 DESIGN_PX_PER_INCH = 100  # fmlib.plotting: figure.dpi, the column is 6.9 in = 690 px
 
-# Checks waived per page while its content is reworked (figure sizes are the chapter's, not the site's).
-# The coordinator empties this when the reworked chapters land.
-EXCEPTIONS: dict[str, set[str]] = {
-    "probability_paths": {"figure-scale"},
-}
+# Checks waived per page (figure sizes are the chapter's, not the site's): empty, every chapter passes them all.
+EXCEPTIONS: dict[str, set[str]] = {}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
