@@ -161,7 +161,8 @@ class CondOTScheduler(Scheduler):
         """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
         t = _time_tensor(t)
         slope = 1.0 - self.sigma_min
-        return SchedulerOutput(alpha=t.clone(), sigma=1.0 - slope * t, d_alpha=torch.ones_like(t),
+        sigma = 1.0 - t if slope == 1.0 else 1.0 - slope * t  # σ_min = 0: one operator fewer, same bits
+        return SchedulerOutput(alpha=t.clone(), sigma=sigma, d_alpha=torch.ones_like(t),
                                d_sigma=torch.full_like(t, -slope))
 
 
