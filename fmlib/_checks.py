@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import contextvars
 from collections.abc import Iterable, Iterator
 
@@ -120,3 +122,19 @@ def check_finite(x: Tensor, *, what: str) -> Tensor:
     if not torch.isfinite(x).all():
         raise FloatingPointError(f"{what} is not finite (NaN or inf)")
     return x
+
+
+def check_real(value: object, name: str, *, low: float | None = None) -> float:
+    """``value`` as a finite Python float (not a bool), at least ``low`` when given; ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return float(value)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as a Python int ≥ 1 (not a bool); ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)

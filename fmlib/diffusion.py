@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import check_batched, check_choice, expand_like
+from ._checks import check_batched, check_choice, check_positive_int, check_real, expand_like
 from .paths import PARAMETRIZATIONS, AffinePath, Scheduler, SchedulerOutput, _time_tensor, batch_time
 from .solvers import VelocityField
 
@@ -72,20 +72,6 @@ __all__ = [
     "edm_epsilon_weight",
     "toy_flow_with_loss",
 ]
-
-
-def _float(value: object, name: str, *, low: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}")
-    return float(value)
-
-
-def _steps(steps: object) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    return int(steps)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,8 +155,8 @@ def ddpm_log_snr(beta_start: float = 1e-4, beta_end: float = 0.02, n: int = 1000
     """λ of DDPM's discrete schedule (Ho et al.): β_i linear from ``beta_start`` to ``beta_end`` (i = 1..n),
     ᾱ_i = Π_{j ≤ i} (1 − β_j), λ_i = log(ᾱ_i / (1 − ᾱ_i)). Shape [n] in diffusion order (i = 1 least noisy).
     """
-    n = _steps(n)
-    b0, b1 = _float(beta_start, "beta_start"), _float(beta_end, "beta_end")
+    n = check_positive_int(n, "steps")
+    b0, b1 = check_real(beta_start, "beta_start"), check_real(beta_end, "beta_end")
     if not 0.0 < b0 <= b1 < 1.0:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start!r}, {beta_end!r}")
     betas = torch.linspace(b0, b1, n, dtype=torch.float64)
@@ -194,7 +180,7 @@ def sde_drift(path: AffinePath, velocity: VelocityField, eta: float = 1.0
     Raises:
         ValueError: η negative; at call time, a t where g² or the score is infinite.
     """
-    eta = _float(eta, "eta", low=0.0)
+    eta = check_real(eta, "eta", low=0.0)
 
     def g2_at(t: Tensor) -> Tensor:
         g2 = sde_coefficients(path.scheduler, t).g2
@@ -236,10 +222,10 @@ def uniform_log_snr_grid(scheduler: Scheduler, steps: int, *, lam_min: float = -
                          t_end: float = 1.0) -> Tensor:
     """A grid of ``steps + 1`` times: t_start, then ``steps − 1`` interior nodes uniform in λ from ``lam_min``
     to ``lam_max``, then t_end. Defaults: EDM's noise range ρ ∈ [0.002, 80]. Shape [steps + 1], float64."""
-    steps = _steps(steps)
+    steps = check_positive_int(steps, "steps")
     if steps == 1:
         return torch.tensor([t_start, t_end], dtype=torch.float64)
-    lam = torch.linspace(_float(lam_min, "lam_min"), _float(lam_max, "lam_max"), steps - 1, dtype=torch.float64)
+    lam = torch.linspace(check_real(lam_min, "lam_min"), check_real(lam_max, "lam_max"), steps - 1, dtype=torch.float64)
     return _grid_from_levels(scheduler, lam, t_start, t_end)
 
 
@@ -248,9 +234,9 @@ def edm_grid(scheduler: Scheduler, steps: int, *, rho: float = 7.0, sigma_min: f
     """Karras et al.'s grid: interior noise levels ρ_i = (σ_max^{1/r} + i/(n−1) (σ_min^{1/r} − σ_max^{1/r}))^r,
     i = 0..n−1 with n = steps − 1 (r = ``rho``), mapped to times by λ = −2 log ρ, between t_start and t_end.
     Shape [steps + 1], float64."""
-    steps = _steps(steps)
-    r = _float(rho, "rho", low=1e-6)
-    lo, hi = _float(sigma_min, "sigma_min", low=1e-12), _float(sigma_max, "sigma_max", low=1e-12)
+    steps = check_positive_int(steps, "steps")
+    r = check_real(rho, "rho", low=1e-6)
+    lo, hi = check_real(sigma_min, "sigma_min", low=1e-12), check_real(sigma_max, "sigma_max", low=1e-12)
     if steps == 1:
         return torch.tensor([t_start, t_end], dtype=torch.float64)
     i = torch.linspace(0.0, 1.0, steps - 1, dtype=torch.float64)
@@ -320,7 +306,7 @@ def sample_ddim(
     """
     check_batched(x_init, name="x_init", min_dim=1)
     check_choice(prediction, PARAMETRIZATIONS, what="prediction")
-    eta, churn = _float(eta, "eta", low=0.0), _float(churn, "churn", low=0.0)
+    eta, churn = check_real(eta, "eta", low=0.0), check_real(churn, "churn", low=0.0)
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
     if times.numel() < 2 or not bool((times.diff() > 0).all()) or times[0] < 0 or times[-1] > 1:
         raise ValueError("times must be an increasing grid in [0, 1] with at least two nodes")
@@ -362,7 +348,7 @@ def ddim_recursion_coefficients(scheduler: Scheduler, times: Tensor, *, eta: flo
     a_k = κ ρ_{k+1}/ρ̂, κ = sqrt(1 − η² (1 − (ρ_{k+1}/ρ̂)²)). Steps from ρ = ∞ (α = 0) have a_k = 0.
     Shape [S] float64."""
     times = torch.as_tensor(times, dtype=torch.float64).flatten()
-    eta, churn = _float(eta, "eta", low=0.0), _float(churn, "churn", low=0.0)
+    eta, churn = check_real(eta, "eta", low=0.0), check_real(churn, "churn", low=0.0)
     out = []
     for k in range(times.numel() - 1):
         rho, rho_next = _rho(scheduler(times[k])), _rho(scheduler(times[k + 1]))
@@ -421,18 +407,18 @@ def reweighting(path: AffinePath, parametrization: str, w_lambda: Callable[[Tens
 def sample_time_logit_normal(batch: int, *, mean: float = 0.0, std: float = 1.0,
                              generator: torch.Generator | None = None) -> Tensor:
     """t = sigmoid(m + s Z), Z ~ N(0, 1) (SD3's logit-normal time density), shape [batch], in (0, 1)."""
-    batch = _steps(batch)
+    batch = check_positive_int(batch, "steps")
     z = torch.randn(batch, generator=generator, device=generator.device if generator is not None else "cpu")
-    return torch.sigmoid(_float(mean, "mean") + _float(std, "std", low=0.0) * z)
+    return torch.sigmoid(check_real(mean, "mean") + check_real(std, "std", low=0.0) * z)
 
 
 def sample_time_log_normal(batch: int, scheduler: Scheduler, *, p_mean: float = -1.2, p_std: float = 1.2,
                            generator: torch.Generator | None = None) -> Tensor:
     """EDM's log-normal noise levels: log ρ ~ N(p_mean, p_std²), ρ = σ/α, mapped to t by λ = −2 log ρ.
     Shape [batch] (float64 → default dtype)."""
-    batch = _steps(batch)
+    batch = check_positive_int(batch, "steps")
     z = torch.randn(batch, generator=generator, device=generator.device if generator is not None else "cpu")
-    lam = -2.0 * (_float(p_mean, "p_mean") + _float(p_std, "p_std", low=0.0) * z)
+    lam = -2.0 * (check_real(p_mean, "p_mean") + check_real(p_std, "p_std", low=0.0) * z)
     return time_from_log_snr(scheduler, lam.double().cpu()).to(torch.get_default_dtype())
 
 

@@ -29,19 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, check_batched, expand_like
+from ._checks import as_time, check_batched, check_real, expand_like
 from .models import SinusoidalTimeEmbedding
 from .paths import AffinePath
 from .train import TrainConfig, TrainResult, train
 
 __all__ = ["guided_velocity", "GuidedField", "drop_labels", "score_coefficient", "classifier_log_prob_gradient",
            "ClassifierGuidedField", "NoisyClassifier", "train_noisy_classifier"]
-
-
-def _check_scale(scale: object) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
-    return float(scale)
 
 
 def _check_null_label(null_label: object) -> int:
@@ -84,7 +78,7 @@ def guided_velocity(model: nn.Module, x: Tensor, t: Tensor, y: Tensor, *, scale:
         ValueError: non-finite scale, negative or non-int null_label (or none given and the model has none),
             y not an integer [B] tensor.
     """
-    w = _check_scale(scale)
+    w = check_real(scale, "scale")
     null_label = _null_label_of(model, null_label)
     check_batched(x, name="x", min_dim=1)
     batch = x.shape[0]
@@ -112,7 +106,7 @@ class GuidedField:
     def __init__(self, model: nn.Module, y: Tensor | int, *, scale: float, null_label: int | None = None) -> None:
         self.model = model
         self.y = _fixed_labels(y)
-        self.scale = _check_scale(scale)
+        self.scale = check_real(scale, "scale")
         self.null_label = _null_label_of(model, null_label)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
@@ -200,7 +194,7 @@ class ClassifierGuidedField:
             raise TypeError(f"path must be a fmlib.paths.AffinePath, got {type(path).__name__}")
         self.velocity, self.classifier, self.path = velocity, classifier, path
         self.y = _fixed_labels(y)
-        self.scale = _check_scale(scale)
+        self.scale = check_real(scale, "scale")
         self.classifier_calls = 0
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:

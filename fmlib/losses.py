@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_batched, check_choice, check_finite, check_same_shape, loss_check_is_deferred, times_checked
+from ._checks import check_batched, check_choice, check_finite, check_real, check_same_shape, loss_check_is_deferred, times_checked
 from .paths import PARAMETRIZATIONS, AffinePath, PathSample, batch_time
 
 __all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time", "cfm_loss_fn"]
@@ -88,9 +88,7 @@ def cfm_loss(
 
 
 def _check_time_range(t_min: float, t_max: float) -> tuple[float, float]:
-    for name, value in (("t_min", t_min), ("t_max", t_max)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    t_min, t_max = check_real(t_min, "t_min"), check_real(t_max, "t_max")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}")
     return float(t_min), float(t_max)

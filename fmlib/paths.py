@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import (as_time, check_batched, check_choice, check_same_shape, check_unit_interval, expand_like,
+from ._checks import (as_time, check_batched, check_choice, check_real, check_same_shape, check_unit_interval, expand_like,
                       times_are_checked)
 
 __all__ = [
@@ -63,13 +63,6 @@ class SchedulerOutput:
     sigma: Tensor
     d_alpha: Tensor
     d_sigma: Tensor
-
-
-def _real_param(value: object, name: str) -> float:
-    """``value`` as a finite Python float, or ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def batch_time(t: float | Tensor, batch: int, *, like: Tensor) -> Tensor:
@@ -150,7 +143,7 @@ class CondOTScheduler(Scheduler):
     name = "condot"
 
     def __init__(self, sigma_min: float = 0.0) -> None:
-        self.sigma_min = _real_param(sigma_min, "sigma_min")
+        self.sigma_min = check_real(sigma_min, "sigma_min")
         if not 0.0 <= self.sigma_min < 1.0:
             raise ValueError(f"sigma_min must satisfy 0 <= sigma_min < 1, got {sigma_min!r}")
 
@@ -182,8 +175,8 @@ class VPScheduler(Scheduler):
     finite_derivatives = False  # σ'_1 = −∞
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        self.beta_min = _real_param(beta_min, "beta_min")
-        self.beta_max = _real_param(beta_max, "beta_max")
+        self.beta_min = check_real(beta_min, "beta_min")
+        self.beta_max = check_real(beta_max, "beta_max")
         if not 0.0 < self.beta_min <= self.beta_max:
             raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
 
@@ -214,8 +207,8 @@ class VEScheduler(Scheduler):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 10.0) -> None:
-        self.sigma_min = _real_param(sigma_min, "sigma_min")
-        self.sigma_max = _real_param(sigma_max, "sigma_max")
+        self.sigma_min = check_real(sigma_min, "sigma_min")
+        self.sigma_max = check_real(sigma_max, "sigma_max")
         if not 0.0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
 

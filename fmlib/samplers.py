@@ -33,7 +33,8 @@ import torch
 from torch import Tensor
 
 from ._checks import check_batched, check_choice
-from .diffusion import _grid_from_levels, _predictions, _steps
+from ._checks import check_positive_int
+from .diffusion import _grid_from_levels, _predictions
 from .paths import PARAMETRIZATIONS, AffinePath, Scheduler
 from .solvers import _TABLEAUS, FIXED_STEP_METHODS, NFE_PER_STEP, NFECounter, ODESolution, VelocityField
 from .solvers import _check_velocity_output, _require_finite, _rk_step, _time_batch
@@ -123,7 +124,7 @@ def cosine_grid(scheduler: Scheduler, steps: int) -> Tensor:
     uniform in the cosine path's time (α = sin(πs/2), σ = cos(πs/2), so λ = 2 log tan(πs/2)) and node k is the
     time t_k of ``scheduler`` with λ_{t_k} = 2 log tan(π k / (2 steps)); t_0 = 0, t_steps = 1. For the linear
     path t_k = sin(πs_k/2) / (sin(πs_k/2) + cos(πs_k/2)). Shape [steps + 1], float64."""
-    steps = _steps(steps)
+    steps = check_positive_int(steps, "steps")
     if steps == 1:
         return torch.tensor([0.0, 1.0], dtype=torch.float64)
     s = torch.arange(1, steps, dtype=torch.float64) / steps
