@@ -15,7 +15,7 @@ b_t = σ_t (α'_t σ_t − σ'_t α_t)/α_t (:func:`score_coefficient`), so by B
     u_t(x | y) = u_t(x) + b_t ∇_x log p_t(y | x),
 
 and the classifier-guided field is ṽ = v(x, t) + w b_t ∇_x log p_t(y | x) with a classifier of the noisy
-x_t (:class:`NoisyClassifier`, :func:`train_noisy_classifier`). With exact fields both guided fields agree for
+x_t (:class:`NoisyClassifier` for points, :class:`NoisyImageClassifier` for images, :func:`train_noisy_classifier`). With exact fields both guided fields agree for
 every w.
 """
 
@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, check_batched, check_real, expand_like
+from ._checks import as_time, check_batched, check_positive_int, check_real, expand_like
 from .models import SinusoidalTimeEmbedding
 from .paths import AffinePath
 from .train import TrainConfig, TrainResult, train
 
 __all__ = ["guided_velocity", "GuidedField", "drop_labels", "score_coefficient", "classifier_log_prob_gradient",
-           "ClassifierGuidedField", "NoisyClassifier", "train_noisy_classifier"]
+           "ClassifierGuidedField", "NoisyClassifier", "NoisyImageClassifier", "train_noisy_classifier"]
 
 
 def _check_null_label(null_label: object) -> int:
@@ -223,8 +223,7 @@ class NoisyClassifier(nn.Module):
         for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("time_dim", time_dim)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int ≥ 2, got {num_classes!r}")
+        _check_num_classes(num_classes)
         self.dim, self.num_classes = int(dim), int(num_classes)
         self.time_emb = SinusoidalTimeEmbedding(time_dim)
         layers: list[nn.Module] = []
@@ -242,11 +241,52 @@ class NoisyClassifier(nn.Module):
         return self.net(torch.cat([x, self.time_emb(t)], dim=1))
 
 
+class NoisyImageClassifier(nn.Module):
+    """A classifier of noisy images: logits f(x_t, t) [B, C] for x [B, C_in, H, W] (H, W ≥ 4), t in [0, 1].
+
+    Three 3×3 convolutions of ``width``, 2·``width`` and 2·``width`` channels (the last two of stride 2), each
+    followed by a per-channel shift W_i e(t) + b_i of the sinusoidal time embedding e(t)
+    (:class:`fmlib.models.SinusoidalTimeEmbedding`) and SiLU; average pooling to 2×2, flatten, a linear map to
+    the logits. Trained by :func:`train_noisy_classifier` on images.
+
+    Raises:
+        ValueError: non-positive sizes, fewer than 2 classes; in ``forward``: x not [B, in_channels, H, W] with
+            H, W ≥ 4, bad t.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, width: int = 32, time_dim: int = 32) -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("width", width), ("time_dim", time_dim)):
+            check_positive_int(value, name)
+        _check_num_classes(num_classes)
+        self.in_channels, self.num_classes = int(in_channels), int(num_classes)
+        widths = (width, 2 * width, 2 * width)
+        self.time_emb = SinusoidalTimeEmbedding(time_dim)
+        self.convs = nn.ModuleList([nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1) for c_in, c_out, stride in
+                                    zip((in_channels, *widths[:-1]), widths, (1, 2, 2))])
+        self.shifts = nn.ModuleList([nn.Linear(time_dim, c) for c in widths])
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(4 * widths[-1], num_classes)
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """x [B, in_channels, H, W], t (number, 0-d or [B]) in [0, 1] → logits [B, num_classes]."""
+        check_batched(x, name="x", min_dim=4)
+        if x.dim() != 4 or x.shape[1] != self.in_channels or min(x.shape[2:]) < 4:
+            raise ValueError(f"NoisyImageClassifier expects x of shape [B, {self.in_channels}, H, W] with H, W ≥ 4, "
+                             f"got {tuple(x.shape)}")
+        emb = self.time_emb(as_time(t, x.shape[0], like=x))
+        h = x
+        for conv, shift in zip(self.convs, self.shifts):
+            h = torch.nn.functional.silu(conv(h) + shift(emb)[:, :, None, None])
+        return self.head(self.pool(h).flatten(1))
+
+
 def train_noisy_classifier(path: AffinePath, sample_data: Callable[[int, torch.Generator], tuple[Tensor, Tensor]],
                            num_classes: int, *, name: str, key: Mapping[str, Any], clean_only: bool = False,
                            steps: int = 2000, batch_size: int = 256, lr: float = 2e-3, hidden: int = 128,
-                           depth: int = 3, seed: int = 0, progress: bool = True) -> TrainResult:
-    """Train (or load) a :class:`NoisyClassifier` by cross-entropy on points of the path:
+                           depth: int = 3, width: int = 32, seed: int = 0, progress: bool = True) -> TrainResult:
+    """Train (or load) a :class:`NoisyClassifier` (points [n, D]: ``hidden``, ``depth``) or a
+    :class:`NoisyImageClassifier` (images [n, C, H, W]: ``width``) by cross-entropy on points of the path:
 
         min E_{t, (x1, y), x0} [ −log softmax(f(x_t, t))_y ],  x_t = α_t x1 + σ_t x0, t ~ U[0, 1), x0 ~ N(0, I),
 
@@ -266,8 +306,15 @@ def train_noisy_classifier(path: AffinePath, sample_data: Callable[[int, torch.G
     probe_x, probe_y = sample_data(2, torch.Generator().manual_seed(0))
     check_batched(probe_x, name="sample_data(n)[0]", min_dim=2)
     _check_labels(probe_y, probe_x.shape[0])
+    if probe_x.dim() not in (2, 4):
+        raise ValueError(f"sample_data(n)[0] must be points [n, D] or images [n, C, H, W], got "
+                         f"{tuple(probe_x.shape)}")
     runtime.seed_everything(seed)
-    model = NoisyClassifier(probe_x.shape[1], num_classes, hidden=hidden, depth=depth)
+    model: nn.Module
+    if probe_x.dim() == 2:
+        model = NoisyClassifier(probe_x.shape[1], num_classes, hidden=hidden, depth=depth)
+    else:
+        model = NoisyImageClassifier(probe_x.shape[1], num_classes, width=width)
 
     def loss_fn(m: nn.Module, batch: int, g: torch.Generator) -> Tensor:
         device = next(m.parameters()).device
@@ -285,6 +332,12 @@ def train_noisy_classifier(path: AffinePath, sample_data: Callable[[int, torch.G
     full_key = {"what": "fmlib.guidance.NoisyClassifier", "path": path.config(), "clean_only": bool(clean_only),
                 "data": dict(key)}
     return train(model, loss_fn, config, name=name, key=full_key, progress=progress)
+
+
+def _check_num_classes(num_classes: object) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int ≥ 2, got {num_classes!r}")
+    return int(num_classes)
 
 
 def _fixed_labels(y: Tensor | int) -> Tensor:

@@ -22,7 +22,8 @@ from . import data as data_mod
 from . import losses, models, paths, runtime
 from .train import TrainConfig, TrainResult, train
 
-__all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "toy_conditional_flow", "image_flow"]
+__all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "toy_conditional_flow", "image_flow",
+           "image_noisy_classifier"]
 
 
 @dataclass(frozen=True)
@@ -205,3 +206,37 @@ def image_flow(
            "t_max": t_max}
     return train(model, loss_fn, config, name=f"img-{dataset}-{scheduler}-{parametrization}", key=key,
                  progress=progress)
+
+
+def image_noisy_classifier(
+    dataset: str = "digits",
+    *,
+    clean_only: bool = False,
+    scheduler: str = "condot",
+    steps: int | None = None,
+    batch_size: int = 128,
+    width: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or load) a :class:`fmlib.guidance.NoisyImageClassifier` of p_t(y | x_t) on the training split of
+    ``digits`` or ``mnist`` (the split of :func:`image_flow`), with :func:`fmlib.guidance.train_noisy_classifier`
+    on the path of ``scheduler``; ``clean_only=True`` trains the classifier of clean images (t ≡ 1) instead.
+    ``steps`` defaults to the profile's (quick 1,500, full 10,000).
+    """
+    from .guidance import train_noisy_classifier
+
+    images = data_mod.load_images(dataset)
+    train_set, _ = images.split(0.2, seed=0)
+    path = paths.AffinePath(paths.get_scheduler(scheduler))
+
+    def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(train_set), (n,), generator=g)
+        return train_set.images[idx], train_set.labels[idx]
+
+    kind = "clean" if clean_only else "noisy"
+    key = {"data": images.name, "split": "load_images(dataset).split(0.2, seed=0)[0]"}
+    return train_noisy_classifier(path, sample, images.num_classes, name=f"img-{dataset}-{kind}-classifier",
+                                  key=key, clean_only=clean_only,
+                                  steps=steps or runtime.by_profile(quick=1_500, full=10_000),
+                                  batch_size=batch_size, width=width, seed=seed, progress=progress)

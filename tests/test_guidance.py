@@ -218,3 +218,58 @@ def test_toy_conditional_flow_is_a_conditional_model_keyed_by_its_data():
     assert guided_velocity(run.model, x, 0.5, torch.tensor([0, 1, 0]), scale=2.0).shape == (3, 2)
     with pytest.raises(TypeError, match="LabelledMixture"):
         zoo.toy_conditional_flow("moons", **common)
+
+
+def test_noisy_image_classifier_shapes_time_dependence_and_errors():
+    from fmlib.guidance import NoisyImageClassifier, classifier_log_prob_gradient
+
+    torch.manual_seed(0)
+    clf = NoisyImageClassifier(1, 10, width=8)
+    x = torch.randn(5, 1, 8, 8)
+    assert clf(x, 0.5).shape == (5, 10) and clf(torch.randn(2, 1, 28, 28), 0.5).shape == (2, 10)
+    with torch.no_grad():  # the time embedding enters: other t, other logits
+        assert not torch.allclose(clf(x, 0.1), clf(x, 0.9))
+        grad = classifier_log_prob_gradient(clf, x, 0.5, torch.arange(5))
+    assert grad.shape == x.shape and torch.isfinite(grad).all()
+    with pytest.raises(ValueError, match="shape"):
+        clf(torch.randn(5, 64), 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        clf(torch.randn(5, 3, 8, 8), 0.5)
+    with pytest.raises(ValueError, match="width"):
+        NoisyImageClassifier(1, 10, width=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        NoisyImageClassifier(1, 1)
+
+
+def test_train_noisy_classifier_on_images_learns_the_class_of_clean_and_of_noise_free_images():
+    """Two classes of 8×8 images, all −1 or all +1 (plus a little noise): a few steps separate them at t = 1,
+    and at t = 0 (pure noise) the classifier is near the prior."""
+    from fmlib.guidance import NoisyImageClassifier, train_noisy_classifier
+
+    def sample(n, gen):
+        y = torch.randint(0, 2, (n,), generator=gen)
+        return (2.0 * y - 1.0)[:, None, None, None] + 0.1 * torch.randn(n, 1, 8, 8, generator=gen), y
+
+    run = train_noisy_classifier(_path("condot"), sample, 2, name="test-img-clf", key={"data": "±1 images"},
+                                 steps=150, batch_size=64, width=8, progress=False)
+    assert isinstance(run.model, NoisyImageClassifier)
+    x, y = sample(200, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        accuracy = (run.model(x, 1.0).argmax(1) == y).double().mean()
+        p0 = torch.softmax(run.model(torch.randn(200, 1, 8, 8), 0.0), 1)
+    assert accuracy > 0.95
+    assert (p0[:, 0] - 0.5).abs().mean() < 0.2
+    with pytest.raises(ValueError, match="points"):
+        train_noisy_classifier(_path("condot"), lambda n, g: (torch.zeros(n, 2, 2), torch.zeros(n, dtype=torch.long)),
+                               2, name="bad", key={"data": "3-D"}, steps=1, progress=False)
+
+
+def test_image_noisy_classifier_recipe_keys_noisy_and_clean_apart():
+    from fmlib import zoo
+    from fmlib.guidance import NoisyImageClassifier
+
+    common = dict(steps=3, batch_size=8, width=4, progress=False)
+    noisy = zoo.image_noisy_classifier("digits", **common)
+    clean = zoo.image_noisy_classifier("digits", clean_only=True, **common)
+    assert isinstance(noisy.model, NoisyImageClassifier) and noisy.key != clean.key
+    assert noisy.model(torch.zeros(2, 1, 8, 8), 0.3).shape == (2, 10)
