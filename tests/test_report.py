@@ -61,6 +61,18 @@ def test_checked_prints_one_line(capsys):
     assert capsys.readouterr().out == "✓ the loss is finite\n"
 
 
+def test_checked_trained_says_skipped_in_a_smoke_run(capsys, monkeypatch):
+    monkeypatch.delenv("FMLIB_MAX_STEPS", raising=False)
+    report.checked("the model is good", trained=True)
+    assert capsys.readouterr().out == "✓ the model is good\n"
+    monkeypatch.setenv("FMLIB_MAX_STEPS", "20")
+    report.checked("the model is good", trained=True)
+    out = capsys.readouterr().out
+    assert not out.startswith("✓") and "not checked" in out and "20 steps" in out
+    report.checked("an exact identity")  # not about a trained model: still a check that passed
+    assert capsys.readouterr().out == "✓ an exact identity\n"
+
+
 def test_glue_outside_a_notebook_is_quiet():
     report.glue(a=np.float64(1.0))  # no IPython: nothing happens, nothing raises
 
