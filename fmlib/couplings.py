@@ -30,11 +30,13 @@ from torch import Tensor
 
 from ._checks import check_batched, check_choice, check_same_shape
 
-__all__ = ["COUPLINGS", "pairwise_sq_distances", "ot_assignment", "independent_coupling", "ot_coupling",
+__all__ = ["COUPLINGS", "SMALL_ASSIGNMENT", "pairwise_sq_distances", "ot_assignment", "independent_coupling", "ot_coupling",
            "entropic_plan", "entropic_coupling", "class_conditional_ot_coupling", "coupled_pairs",
            "pairing_cost", "assignment_excess"]
 
 COUPLINGS: tuple[str, ...] = ("independent", "ot", "entropic")
+SMALL_ASSIGNMENT = 64
+"""Batch size up to which :func:`ot_assignment` calls the Hungarian-type solver directly."""
 
 
 def _check_pair(x0: Tensor, x1: Tensor) -> None:
@@ -58,6 +60,16 @@ def pairwise_sq_distances(x0: Tensor, x1: Tensor) -> Tensor:
     return (a[:, None, :] - b[None, :, :]).square().sum(-1)
 
 
+def _hungarian(cost: np.ndarray) -> Tensor:
+    """The optimal permutation of a square cost matrix by scipy's ``linear_sum_assignment`` (int64, CPU)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty_like(cols)
+    perm[rows] = cols
+    return torch.from_numpy(np.asarray(perm, dtype=np.int64))
+
+
 def ot_assignment(x0: Tensor, x1: Tensor) -> Tensor:
     """The permutation σ [B] (int64, on x1's device) minimising Σ_i ‖x0_i − x1_σ(i)‖².
 
@@ -66,16 +78,19 @@ def ot_assignment(x0: Tensor, x1: Tensor) -> Tensor:
     network simplex (``ot.emd``) on the squared-distance matrix, whose optimal vertex is a permutation
     matrix; should it return a non-permutation plan (ties) or stop early, scipy's ``linear_sum_assignment``
     (Hungarian-type, O(B³)) solves the same problem instead. The network simplex is the faster of the two
-    on Euclidean costs (a few times at B = 1024); both grow roughly cubically in B.
+    on Euclidean costs (a few times at B = 1024); both grow roughly cubically in B. Batches of at most
+    :data:`SMALL_ASSIGNMENT` points go to ``linear_sum_assignment`` directly: there the network simplex's
+    set-up costs more than the solve (a training step that couples many small groups pays it per group).
 
     Raises:
         ValueError: shapes differ, no batch axis, non-floating or non-finite input.
     """
     import ot
-    from scipy.optimize import linear_sum_assignment
 
     cost = pairwise_sq_distances(x0, x1).numpy()
     n = cost.shape[0]
+    if n <= SMALL_ASSIGNMENT:
+        return _hungarian(cost).to(device=x1.device)
     weights = np.full(n, 1.0 / n)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -83,13 +98,9 @@ def ot_assignment(x0: Tensor, x1: Tensor) -> Tensor:
     cols = plan.argmax(axis=1)
     is_permutation = (log.get("result_code") == 1 and not caught
                       and np.allclose(plan[np.arange(n), cols], 1.0 / n) and len(set(cols.tolist())) == n)
-    if is_permutation:
-        perm = cols
-    else:
-        rows, cols = linear_sum_assignment(cost)
-        perm = np.empty_like(cols)
-        perm[rows] = cols
-    return torch.from_numpy(np.asarray(perm, dtype=np.int64)).to(device=x1.device)
+    if not is_permutation:
+        return _hungarian(cost).to(device=x1.device)
+    return torch.from_numpy(np.asarray(cols, dtype=np.int64)).to(device=x1.device)
 
 
 def independent_coupling(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:

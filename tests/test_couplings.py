@@ -147,3 +147,15 @@ def test_ot_assignment_with_ties_still_returns_a_permutation():
     x0 = torch.zeros(6, 2)                       # every pairing costs the same
     x1 = torch.ones(6, 2)
     assert sorted(couplings.ot_assignment(x0, x1).tolist()) == list(range(6))
+
+
+@pytest.mark.parametrize("n", [couplings.SMALL_ASSIGNMENT, couplings.SMALL_ASSIGNMENT + 1, 200])
+def test_both_assignment_solvers_reach_pots_exact_cost(n):
+    # batches up to SMALL_ASSIGNMENT use the Hungarian-type solver, larger ones the network simplex
+    g = torch.Generator().manual_seed(n)
+    x0, x1 = torch.randn(n, 2, generator=g), torch.rand(n, 2, generator=g)
+    perm = couplings.ot_assignment(x0, x1)
+    assert sorted(perm.tolist()) == list(range(n))
+    w = np.full(n, 1 / n)
+    exact = ot.emd2(w, w, couplings.pairwise_sq_distances(x0, x1).numpy())
+    assert couplings.pairing_cost(x0, x1[perm]) == pytest.approx(exact, rel=1e-9)

@@ -113,3 +113,60 @@ def test_reflow_round_trains_on_the_teachers_pairs(monkeypatch):
     assert student.key != transport.reflow_toy_flow(teacher, n_pairs=64, ode_steps=4, steps=20,
                                                     round_name="t-reflow", progress=False).key
     assert couplings.COUPLINGS == ("independent", "ot", "entropic")
+
+
+def test_coupling_batch_streams_pairs_and_shares_the_default_checkpoint(monkeypatch):
+    monkeypatch.setenv("FMLIB_MAX_STEPS", "12")
+    size = zoo.ToySize(hidden=16, depth=2, steps=12, batch_size=32, lr=2e-3)
+    default = transport.coupled_toy_flow("moons", "ot", size=size, progress=False)
+    same = transport.coupled_toy_flow("moons", "ot", coupling_batch=32, size=size, progress=False)
+    assert same.key == default.key and same.from_cache
+    calls = []
+    real = couplings.coupled_pairs
+    monkeypatch.setattr(couplings, "coupled_pairs", lambda name, x0, x1, **kw: calls.append(x0.shape[0])
+                        or real(name, x0, x1, **kw))
+    small = transport.coupled_toy_flow("moons", "ot", coupling_batch=8, size=size, progress=False)
+    assert small.key != default.key and small.losses.shape == (12,)
+    assert calls[1:] == [8] * (4 * 12)           # after the name check: four problems of 8 per step of 32
+    calls.clear()
+    transport.coupled_toy_flow("moons", "ot", coupling_batch=96, size=size, progress=False)
+    assert calls[1:] == [96] * 4                 # one problem of 96 every three steps
+    with pytest.raises(ValueError):
+        transport.coupled_toy_flow("moons", "ot", coupling_batch=0, size=size, progress=False)
+
+
+def _labelled_ring():
+    from fmlib import analytic
+    return analytic.LabelledMixture(analytic.GaussianMixture.ring(4, radius=3.0, std=0.3),
+                                    labels=torch.arange(4))
+
+
+def test_conditional_couplings_train_and_validate(monkeypatch):
+    monkeypatch.setenv("FMLIB_MAX_STEPS", "10")
+    size = zoo.ToySize(hidden=16, depth=2, steps=10, batch_size=64, lr=2e-3)
+    data = _labelled_ring()
+    runs = {c: transport.coupled_toy_conditional_flow(data, c, size=size, progress=False)
+            for c in transport.CONDITIONAL_COUPLINGS}
+    assert len({r.key for r in runs.values()}) == 3
+    model = runs["ot_within_classes"].model
+    assert model(torch.zeros(5, 2), torch.full((5,), 0.5), torch.arange(5) % 4).shape == (5, 2)
+    # OT pairs are shorter than independent ones, so the regression target is smaller from the start
+    assert float(np.mean(runs["ot"].losses[:5])) < float(np.mean(runs["independent"].losses[:5]))
+    with pytest.raises(ValueError):
+        transport.coupled_toy_conditional_flow(data, "entropic", size=size, progress=False)
+    with pytest.raises(TypeError):
+        transport.coupled_toy_conditional_flow(data.mixture, "ot", size=size, progress=False)
+
+
+def test_label_blind_ot_shifts_the_sources_of_each_class_and_within_class_ot_does_not():
+    # the mechanism behind the conditional experiment, on one large batch
+    g = torch.Generator().manual_seed(3)
+    data = _labelled_ring()
+    x1, y = data.sample(512, generator=g)
+    x0 = torch.randn(512, 2, generator=g)
+    perm = couplings.ot_assignment(x0, x1)
+    blind_labels = y[perm]                       # the label of the data point each x0 is paired with
+    _, _, within_labels = couplings.class_conditional_ot_coupling(x0, x1, y)
+    blind = max(float(x0[blind_labels == c].mean(0).norm()) for c in range(4))
+    within = max(float(x0[within_labels == c].mean(0).norm()) for c in range(4))
+    assert blind > 0.8 and within < 0.3
