@@ -205,3 +205,43 @@ def image_flow(
            "t_max": t_max}
     return train(model, loss_fn, config, name=f"img-{dataset}-{scheduler}-{parametrization}", key=key,
                  progress=progress)
+
+
+def autoencoder_steps(dataset: str = "digits") -> int:
+    """The profile's default training length of :func:`autoencoder` on ``digits`` or ``mnist``."""
+    if dataset not in ("digits", "mnist"):
+        raise ValueError(f"unknown image dataset {dataset!r}; choose 'digits' or 'mnist'")
+    return runtime.by_profile(quick=1_500, full=10_000)
+
+
+def autoencoder(
+    dataset: str = "digits",
+    latent_dim: int = 8,
+    *,
+    kl_weight: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or load) the MLP :class:`fmlib.latent.Autoencoder` of ``digits`` or ``mnist`` with
+    :func:`fmlib.latent.train_autoencoder` on the flattened training split (the first element of
+    ``load_images(dataset).split(0.2, seed=0)``, as :func:`image_flow`'s).
+
+    ``kl_weight`` None gives the deterministic autoencoder (loss ‖x − D(E(x))‖² / d), a number β the
+    KL-regularised one (‖x − D(z)‖² / d + β KL(q(z | x) ‖ N(0, I)) / d with z drawn from its posterior).
+    ``steps`` defaults to :func:`autoencoder_steps`. The run is named ``ae-{dataset}-{latent_dim}`` (``-kl``
+    appended for the KL-regularised one).
+    """
+    from . import latent
+
+    default_steps = autoencoder_steps(dataset)             # also checks the name
+    steps = default_steps if steps is None else steps
+    images = data_mod.load_images(dataset)
+    train_set, _ = images.split(0.2, seed=0)
+    x = train_set.images.reshape(len(train_set), -1)
+    name = f"ae-{dataset}-{latent_dim}" + ("" if kl_weight is None else "-kl")
+    return latent.train_autoencoder(x, latent_dim, name=name, kl_weight=kl_weight,
+                                    steps=steps, seed=seed, progress=progress)
+
+
+__all__ += ["autoencoder_steps", "autoencoder"]
