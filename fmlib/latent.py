@@ -232,21 +232,24 @@ def reconstruction_rmse(ae: Autoencoder, x: Tensor) -> float:
     return float((flat - rec).pow(2).sum(1).mean().sqrt())
 
 
-def jacobian_spectral_norms(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+def jacobian_spectral_norms(fn: Callable[[Tensor], Tensor], z: Tensor, *, batch_size: int = 256) -> Tensor:
     """‖∂fn/∂z (z_i)‖₂ (largest singular value of the Jacobian) at each row of z [N, k]; fn maps [B, k] to
-    [B, m] row by row. Returns [N]."""
+    [B, m] row by row. Returns [N]. Rows are processed ``batch_size`` at a time (the Jacobians of a batch
+    and their intermediates, about batch × m × width numbers, are what costs memory)."""
     if z.dim() != 2:
         raise ValueError(f"z must be [N, k], got {tuple(z.shape)}")
+    check_positive_int(batch_size, "batch_size")
     from torch.func import jacrev, vmap
 
-    jac = vmap(jacrev(lambda v: fn(v[None])[0]))(z)          # [N, m, k]
-    return torch.linalg.matrix_norm(jac.detach(), ord=2)
+    jac_fn = vmap(jacrev(lambda v: fn(v[None])[0]))          # [B, k] -> [B, m, k]
+    return torch.cat([torch.linalg.matrix_norm(jac_fn(zb).detach(), ord=2) for zb in z.split(batch_size)])
 
 
-def lipschitz_estimate(fn: Callable[[Tensor], Tensor], z: Tensor) -> float:
+def lipschitz_estimate(fn: Callable[[Tensor], Tensor], z: Tensor, *, batch_size: int = 256) -> float:
     """max_i ‖∂fn/∂z (z_i)‖₂ over the rows of z: the Lipschitz constant of fn restricted to where the samples
-    are (a lower estimate of the global one; exact for a linear fn)."""
-    return float(jacobian_spectral_norms(fn, z).max())
+    are (a lower estimate of the global one; exact for a linear fn). ``batch_size`` as in
+    :func:`jacobian_spectral_norms`."""
+    return float(jacobian_spectral_norms(fn, z, batch_size=batch_size).max())
 
 
 def _nonneg(value: float, name: str) -> float:
@@ -271,19 +274,24 @@ def pixel_w2_bound(reconstruction: float, decoder_lipschitz: float, latent_w2: f
 
 
 def marginal_fm_loss(velocity: Callable[[Tensor, Tensor], Tensor], exact: Callable[[Tensor, Tensor], Tensor],
-                     x1: Tensor, *, n: int, t_max: float = 0.999, generator: torch.Generator | None = None) -> float:
+                     x1: Tensor, *, n: int, t_max: float = 0.999, generator: torch.Generator | None = None,
+                     batch_size: int = 1024) -> float:
     """Monte Carlo L_FM = E_{t ~ U[0, t_max], x_t} ‖u_t(x_t) − v̂(x_t, t)‖² (summed over coordinates) on the
     linear path x_t = t x1 + (1 − t) x0, x1 drawn from the rows of x1 [M, k], x0 ~ N(0, I); ``exact`` is the
-    marginal field u (e.g. :class:`fmlib.analytic.MarginalField` of the empirical latents)."""
+    marginal field u (e.g. :class:`fmlib.analytic.MarginalField` of the empirical latents, whose memory grows
+    as batch × M × k: the n points are evaluated ``batch_size`` at a time)."""
     if not 0 < t_max <= 1:
         raise ValueError(f"t_max must be in (0, 1], got {t_max}")
+    check_positive_int(batch_size, "batch_size")
     t = t_max * torch.rand(n, generator=generator, dtype=x1.dtype)
     idx = torch.randint(0, x1.shape[0], (n,), generator=generator)
     x0 = torch.randn(n, x1.shape[1], generator=generator, dtype=x1.dtype)
     xt = t[:, None] * x1[idx] + (1 - t[:, None]) * x0
+    total = 0.0
     with torch.no_grad():
-        diff = exact(xt, t) - velocity(xt, t).to(xt)
-    return float(t_max * diff.pow(2).sum(1).mean())
+        for xb, tb in zip(xt.split(batch_size), t.split(batch_size)):
+            total += float((exact(xb, tb) - velocity(xb, tb).to(xb)).pow(2).sum())
+    return t_max * total / n
 
 
 def latent_flow_loss(z: Tensor, labels: Tensor | None = None, *, label_dropout: float = 0.2) -> LossFn:

@@ -179,3 +179,21 @@ def test_step_seconds_times_each_run_without_changing_it():
         latent.step_seconds({})
     with pytest.raises(ValueError):
         latent.latent_flow_loss(z, labels[:10])
+
+
+def test_batched_jacobians_and_fm_loss_equal_one_batch():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    fn = lambda v: torch.tanh(v @ a.T)
+    z = torch.randn(11, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(latent.jacobian_spectral_norms(fn, z, batch_size=4),
+                          latent.jacobian_spectral_norms(fn, z, batch_size=100), atol=1e-12)
+    x1 = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    exact = analytic.MarginalField(paths.AffinePath(paths.get_scheduler("condot")),
+                                   analytic.GaussianMixture.from_points(x1))
+    model = lambda x, t: 0.5 * x
+    one = latent.marginal_fm_loss(model, exact, x1, n=50, generator=torch.Generator().manual_seed(0))
+    many = latent.marginal_fm_loss(model, exact, x1, n=50, generator=torch.Generator().manual_seed(0), batch_size=7)
+    assert one == pytest.approx(many, rel=1e-12)
+    with pytest.raises(ValueError):
+        latent.marginal_fm_loss(model, exact, x1, n=5, batch_size=0)
