@@ -15,6 +15,7 @@ L_FM = ∫₀¹ E_{q_t} ‖u_t − v̂_t‖² dt the marginal flow-matching loss
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -234,15 +235,21 @@ def reconstruction_rmse(ae: Autoencoder, x: Tensor) -> float:
 
 def jacobian_spectral_norms(fn: Callable[[Tensor], Tensor], z: Tensor, *, batch_size: int = 256) -> Tensor:
     """‖∂fn/∂z (z_i)‖₂ (largest singular value of the Jacobian) at each row of z [N, k]; fn maps [B, k] to
-    [B, m] row by row. Returns [N]. Rows are processed ``batch_size`` at a time (the Jacobians of a batch
-    and their intermediates, about batch × m × width numbers, are what costs memory)."""
+    [B, m] row by row. Returns [N]. Forward-mode Jacobians when k ≤ m (a decoder), reverse-mode otherwise;
+    rows are processed ``batch_size`` at a time (a batch's Jacobians and their intermediates cost memory)."""
     if z.dim() != 2:
         raise ValueError(f"z must be [N, k], got {tuple(z.shape)}")
     check_positive_int(batch_size, "batch_size")
-    from torch.func import jacrev, vmap
+    from torch.func import jacfwd, jacrev, vmap
 
-    jac_fn = vmap(jacrev(lambda v: fn(v[None])[0]))          # [B, k] -> [B, m, k]
-    return torch.cat([torch.linalg.matrix_norm(jac_fn(zb).detach(), ord=2) for zb in z.split(batch_size)])
+    with torch.no_grad():
+        m = fn(z[:1]).shape[1]
+    # forward mode costs k passes, reverse mode m: take the fewer
+    jac = jacfwd if z.shape[1] <= m else jacrev
+    jac_fn = vmap(jac(lambda v: fn(v[None])[0]))             # [B, k] -> [B, m, k]
+    with warnings.catch_warnings():   # torch's forward-mode set-up calls its deprecated torch.jit.script
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+        return torch.cat([torch.linalg.matrix_norm(jac_fn(zb).detach(), ord=2) for zb in z.split(batch_size)])
 
 
 def lipschitz_estimate(fn: Callable[[Tensor], Tensor], z: Tensor, *, batch_size: int = 256) -> float:

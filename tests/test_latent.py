@@ -31,6 +31,9 @@ def test_pca_decoder_lipschitz_is_one_and_linear_map_gives_top_singular_value():
     a = torch.randn(7, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     norms = latent.jacobian_spectral_norms(lambda v: v @ a.T, torch.randn(5, 4, dtype=torch.float64))
     assert torch.allclose(norms, torch.linalg.svdvals(a)[0].expand(5), atol=1e-12)
+    wide = a.T                                                  # 7 inputs, 4 outputs: reverse mode
+    norms = latent.jacobian_spectral_norms(lambda v: v @ wide.T, torch.randn(5, 7, dtype=torch.float64))
+    assert torch.allclose(norms, torch.linalg.svdvals(a)[0].expand(5), atol=1e-12)
 
 
 def test_bounds_closed_form_and_errors():
