@@ -23,7 +23,7 @@ from . import losses, models, paths, runtime
 from .train import TrainConfig, TrainResult, train
 
 __all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "toy_conditional_flow", "image_flow",
-           "image_noisy_classifier"]
+           "image_noisy_classifier", "autoencoder_steps", "autoencoder"]
 
 
 @dataclass(frozen=True)
@@ -240,3 +240,41 @@ def image_noisy_classifier(
                                   key=key, clean_only=clean_only,
                                   steps=steps or runtime.by_profile(quick=1_500, full=10_000),
                                   batch_size=batch_size, width=width, seed=seed, progress=progress)
+
+
+def autoencoder_steps(dataset: str = "digits") -> int:
+    """The profile's default training length of :func:`autoencoder` on ``digits`` or ``mnist``."""
+    if dataset not in ("digits", "mnist"):
+        raise ValueError(f"unknown image dataset {dataset!r}; choose 'digits' or 'mnist'")
+    return runtime.by_profile(quick=1_500, full=10_000)
+
+
+def autoencoder(
+    dataset: str = "digits",
+    latent_dim: int = 8,
+    *,
+    kl_weight: float | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or load) the MLP :class:`fmlib.latent.Autoencoder` of ``digits`` or ``mnist`` with
+    :func:`fmlib.latent.train_autoencoder` on the flattened training split (the first element of
+    ``load_images(dataset).split(0.2, seed=0)``, as :func:`image_flow`'s).
+
+    ``kl_weight`` None gives the deterministic autoencoder (loss ‖x − D(E(x))‖² / d), a number β the
+    KL-regularised one (‖x − D(z)‖² / d + β KL(q(z | x) ‖ N(0, I)) / d with z drawn from its posterior).
+    ``steps`` defaults to :func:`autoencoder_steps`. The run is named ``ae-{dataset}-{latent_dim}`` (``-kl``
+    appended for the KL-regularised one).
+    """
+    from . import latent
+
+    default_steps = autoencoder_steps(dataset)             # also checks the name
+    steps = default_steps if steps is None else steps
+    images = data_mod.load_images(dataset)
+    train_set, _ = images.split(0.2, seed=0)
+    x = train_set.images.reshape(len(train_set), -1)
+    name = f"ae-{dataset}-{latent_dim}" + ("" if kl_weight is None else "-kl")
+    return latent.train_autoencoder(x, latent_dim, name=name, kl_weight=kl_weight,
+                                    steps=steps, seed=seed, progress=progress)
+

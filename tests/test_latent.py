@@ -31,6 +31,9 @@ def test_pca_decoder_lipschitz_is_one_and_linear_map_gives_top_singular_value():
     a = torch.randn(7, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     norms = latent.jacobian_spectral_norms(lambda v: v @ a.T, torch.randn(5, 4, dtype=torch.float64))
     assert torch.allclose(norms, torch.linalg.svdvals(a)[0].expand(5), atol=1e-12)
+    wide = a.T                                                  # 7 inputs, 4 outputs: reverse mode
+    norms = latent.jacobian_spectral_norms(lambda v: v @ wide.T, torch.randn(5, 7, dtype=torch.float64))
+    assert torch.allclose(norms, torch.linalg.svdvals(a)[0].expand(5), atol=1e-12)
 
 
 def test_bounds_closed_form_and_errors():
@@ -96,3 +99,104 @@ def test_gaussian_w2_commuting_and_singular_cases():
     assert latent.gaussian_w2(z, torch.from_numpy(A), z, torch.from_numpy(B)) == pytest.approx(math.sqrt(ref), rel=1e-8)
     with pytest.raises(ValueError):
         latent.gaussian_w2(z, torch.eye(3), z, torch.eye(4))
+
+
+def test_kl_to_standard_normal_matches_torch_distributions():
+    g = torch.Generator().manual_seed(3)
+    mean, logvar = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g,
+                                                                                    dtype=torch.float64)
+    q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    ref = torch.distributions.kl_divergence(q, p).sum(1)
+    assert torch.allclose(latent.kl_to_standard_normal(mean, logvar), ref, atol=1e-12)
+    assert latent.kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)).abs().max() == 0
+    with pytest.raises(ValueError):
+        latent.kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_variational_autoencoder_encodes_the_posterior_mean():
+    torch.manual_seed(0)
+    vae = latent.Autoencoder(64, 5, hidden=16, variational=True)
+    x = torch.randn(7, 1, 8, 8)
+    mean, logvar = vae.posterior(x)
+    assert mean.shape == logvar.shape == (7, 5)
+    assert torch.equal(vae.encode(x), mean) and torch.equal(vae.encode(x), vae.encode(x))
+    assert latent.decode(vae, latent.encode(vae, x), (1, 8, 8)).shape == (7, 1, 8, 8)
+    with pytest.raises(ValueError, match="no posterior"):
+        latent.Autoencoder(64, 5, hidden=16).posterior(x)
+    with pytest.raises(ValueError):
+        latent.Autoencoder(64, 5, variational="yes")
+
+
+def test_autoencoder_loss_closed_forms():
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    ae = latent.Autoencoder(6, 2, hidden=8)
+    got = latent.autoencoder_loss(x)(ae, 40, torch.Generator().manual_seed(1)).detach()
+    idx = torch.randint(0, 40, (40,), generator=torch.Generator().manual_seed(1))
+    assert float(got) == pytest.approx(float((ae(x[idx]) - x[idx]).square().mean().detach()), rel=1e-6)
+    # variational: same draws by hand, reconstruction / d + β KL / d
+    vae = latent.Autoencoder(6, 2, hidden=8, variational=True)
+    got = latent.autoencoder_loss(x, kl_weight=0.5)(vae, 40, torch.Generator().manual_seed(1)).detach()
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, 40, (40,), generator=g)
+    mean, logvar = vae.posterior(x[idx])
+    z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)
+    want = ((vae.decode(z) - x[idx]).square().sum(1) + 0.5 * latent.kl_to_standard_normal(mean, logvar)).mean() / 6
+    assert float(got) == pytest.approx(float(want.detach()), rel=1e-6)
+    with pytest.raises(ValueError):
+        latent.autoencoder_loss(x, kl_weight=-1.0)
+
+
+def test_train_autoencoder_kl_option_is_its_own_cached_run():
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    plain = latent.train_autoencoder(x, 2, name="ae-test", steps=5, progress=False)
+    kl = latent.train_autoencoder(x, 2, name="ae-test", steps=5, kl_weight=1e-2, progress=False)
+    assert not plain.model.variational and kl.model.variational and plain.key != kl.key
+    assert latent.train_autoencoder(x, 2, name="ae-test", steps=5, kl_weight=1e-2, progress=False).from_cache
+
+
+def test_matched_steps_rounds_to_a_multiple_and_checks_input():
+    assert latent.matched_steps(10.0, 0.004) == 2500
+    assert latent.matched_steps(10.0, 0.0041, multiple=100) == 2400
+    assert latent.matched_steps(0.01, 1.0) == 100            # at least one multiple
+    for bad in ((0.0, 1.0), (1.0, -1.0), (float("nan"), 1.0)):
+        with pytest.raises(ValueError):
+            latent.matched_steps(*bad)
+    with pytest.raises(ValueError):
+        latent.matched_steps(1.0, 1.0, multiple=0)
+
+
+def test_step_seconds_times_each_run_without_changing_it():
+    z = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(50) % 4
+    from fmlib import models
+    model = models.MLP(dim=3, hidden=8, depth=1, num_classes=4)
+    before = [p.clone() for p in model.parameters()]
+    out = latent.step_seconds({"flow": (model, latent.latent_flow_loss(z, labels), 16),
+                               "ae": (latent.Autoencoder(3, 2, hidden=4), latent.autoencoder_loss(z), 16)},
+                              n_steps=2, rounds=2)
+    assert set(out) == {"flow", "ae"} and all(v > 0 for v in out.values())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError):
+        latent.step_seconds({})
+    with pytest.raises(ValueError):
+        latent.latent_flow_loss(z, labels[:10])
+
+
+def test_batched_jacobians_and_fm_loss_equal_one_batch():
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    fn = lambda v: torch.tanh(v @ a.T)
+    z = torch.randn(11, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(latent.jacobian_spectral_norms(fn, z, batch_size=4),
+                          latent.jacobian_spectral_norms(fn, z, batch_size=100), atol=1e-12)
+    x1 = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    exact = analytic.MarginalField(paths.AffinePath(paths.get_scheduler("condot")),
+                                   analytic.GaussianMixture.from_points(x1))
+    model = lambda x, t: 0.5 * x
+    one = latent.marginal_fm_loss(model, exact, x1, n=50, generator=torch.Generator().manual_seed(0))
+    many = latent.marginal_fm_loss(model, exact, x1, n=50, generator=torch.Generator().manual_seed(0), batch_size=7)
+    assert one == pytest.approx(many, rel=1e-12)
+    with pytest.raises(ValueError):
+        latent.marginal_fm_loss(model, exact, x1, n=5, batch_size=0)

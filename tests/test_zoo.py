@@ -70,3 +70,17 @@ def test_toy_flow_trains_in_float32_without_autocast(monkeypatch):
         with pytest.raises(RuntimeError, match="stop"):
             call()
     assert seen == {"toy-moons-condot-velocity": False, "img-digits-condot-velocity": True}
+
+
+def test_autoencoder_recipe_trains_on_the_split_and_names_the_kl_variant(monkeypatch):
+    monkeypatch.setenv("FMLIB_PROFILE", "full")
+    full_steps = zoo.autoencoder_steps("mnist")
+    monkeypatch.setenv("FMLIB_PROFILE", "quick")
+    assert zoo.autoencoder_steps("mnist") < full_steps
+    plain = zoo.autoencoder("digits", 4, steps=5, progress=False)
+    kl = zoo.autoencoder("digits", 4, kl_weight=1e-3, steps=5, progress=False)
+    assert plain.model.latent_dim == 4 and plain.model.data_dim == 64 and not plain.model.variational
+    assert kl.model.variational and kl.key != plain.key and kl.path.name.startswith("ae-digits-4-kl")
+    assert zoo.autoencoder("digits", 4, steps=5, progress=False).from_cache
+    with pytest.raises(ValueError, match="unknown image dataset"):
+        zoo.autoencoder("cifar", 4, steps=5)
