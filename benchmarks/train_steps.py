@@ -179,8 +179,11 @@ class _Variant:
         _sync(self.device)
         return time.perf_counter() - start
 
-    def counts(self, steps: int) -> tuple[float, float]:
-        """(host syncs per step, aten ops per step) over ``steps`` steps after a warm-up."""
+    def counts(self, steps: int) -> tuple[float, float, float]:
+        """(host syncs per step, the same with the accelerator's loss-check policy, aten ops per step) over
+        ``steps`` steps after a warm-up. On CUDA both sync counts come from ``torch.cuda.set_sync_debug_mode``;
+        elsewhere they count read-backs, the second with the loss's finiteness check deferred as it is on an
+        accelerator (on a CPU the loss checks itself at once: a read-back, but no host sync there)."""
         self.run(3)
         if self.device.type == "cuda":
             with warnings.catch_warnings(record=True) as caught:
@@ -191,13 +194,22 @@ class _Variant:
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
             syncs = sum("synchroniz" in str(w.message) for w in caught)
+            accelerated = syncs
         else:
             with _Readbacks() as readbacks:
                 self.run(steps)
             syncs = readbacks.count
+            at_once, losses._CHECK_AT_ONCE = losses._CHECK_AT_ONCE, frozenset()
+            try:
+                losses.check_deferred_losses()
+                with _Readbacks() as readbacks:
+                    self.run(steps)
+                accelerated = readbacks.count
+            finally:
+                losses._CHECK_AT_ONCE = at_once
         with _AtenOps() as ops:
             self.run(steps)
-        return syncs / steps, ops.count / steps
+        return syncs / steps, accelerated / steps, ops.count / steps
 
 
 def _sync(device: torch.device) -> None:
@@ -229,16 +241,18 @@ def compare(rounds: int, round_steps: int, device: torch.device, count_steps: in
             rates[v.label].append(round_steps / v.run(round_steps))
     print(f"side by side: MLP 3x256, 2-D, batch 256, AdamW; {rounds} interleaved rounds of {round_steps} steps; "
           "ratios are paired per round (geometric mean [95% interval])")
-    print(f"{'variant':<18}{'steps/s':>9}{'vs torchcfm':>24}{'vs bare':>24}{'syncs/step':>12}{'ops/step':>10}"
-          f"   (syncs and ops counted over {count_steps} steps)")
+    print(f"{'variant':<18}{'steps/s':>9}{'vs torchcfm':>24}{'vs bare':>24}{'syncs/step':>12}{'(accel.)':>10}"
+          f"{'ops/step':>10}   (syncs and ops counted over {count_steps} steps; on a CPU syncs = read-backs, "
+          "'accel.' with the loss check deferred as on an accelerator)")
     for v in variants:
         own = rates[v.label]
         cells = []
         for ref in ("torchcfm", "bare"):
             g, lo, hi = _interval([math.log(a / b) for a, b in zip(own, rates[ref])])
             cells.append(f"{g:.3f} [{lo:.3f}, {hi:.3f}]")
-        syncs, ops = v.counts(count_steps)
-        print(f"{v.label:<18}{float(np.median(own)):>9.1f}{cells[0]:>24}{cells[1]:>24}{syncs:>12.3f}{ops:>10.0f}")
+        syncs, accelerated, ops = v.counts(count_steps)
+        print(f"{v.label:<18}{float(np.median(own)):>9.1f}{cells[0]:>24}{cells[1]:>24}{syncs:>12.3f}"
+              f"{accelerated:>10.3f}{ops:>10.0f}")
     g, lo, hi = _interval([math.log(b / a) for a, b in zip(rates["fmlib train"], rates["fmlib loss"])])
     print(f"trainer overhead (EMA, schedule, bookkeeping) = fmlib loss / fmlib train − 1: {100 * (g - 1):+.1f}% "
           f"[{100 * (lo - 1):+.1f}%, {100 * (hi - 1):+.1f}%]")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Callable
 
 import torch
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from ._checks import check_batched, check_choice, check_finite, check_real, check_same_shape, loss_check_is_deferred, times_checked
 from .paths import PARAMETRIZATIONS, AffinePath, PathSample, batch_time
 
-__all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time", "cfm_loss_fn"]
+__all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time", "cfm_loss_fn",
+           "check_deferred_losses", "CHECK_EVERY"]
 
 TimeWeighting = Callable[[Tensor], Tensor]
 """A function t [B] ↦ w(t) [B] ≥ 0."""
@@ -40,7 +42,84 @@ def per_sample_squared_error(pred: Tensor, target: Tensor) -> Tensor:
     """
     check_batched(pred, name="pred", min_dim=1)
     check_same_shape(pred=pred, target=target)
-    return (pred - target).square().reshape(pred.shape[0], -1).mean(dim=1)
+    squared = (pred - target).square()
+    return (squared if squared.dim() == 2 else squared.reshape(pred.shape[0], -1)).mean(dim=1)
+
+
+CHECK_EVERY = 100
+"""Outside :func:`fmlib.train.train`, a loss on an accelerator is checked for NaN/inf every this many calls."""
+
+_CHECK_AT_ONCE = frozenset({"cpu"})
+"""Device types whose losses are checked in the call itself (reading a CPU tensor is no host synchronisation)."""
+
+
+class _DeferredCheck:
+    """The running maximum, on the device, of the losses computed outside the trainer on an accelerator since
+    the last read-back (one 0-d tensor per device and dtype; NaN propagates through the maximum, and the losses
+    are ≥ 0, so the maximum is finite exactly when every loss was)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.worst: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self.calls = 0    # losses noted so far in this process
+        self.checked = 0  # of which read back
+
+    def note(self, loss: Tensor) -> None:
+        """Fold ``loss`` (0-d or [B]) into the maximum: one or two operators, no host sync; every
+        :data:`CHECK_EVERY` calls, :meth:`check`."""
+        with self.lock, torch.no_grad():
+            value = loss if loss.dim() == 0 else loss.max()
+            key = (value.device, value.dtype)
+            worst = self.worst.get(key)
+            if worst is None:
+                self.worst[key] = value.clone()
+            else:
+                torch.maximum(worst, value, out=worst)
+            self.calls += 1
+            due = self.calls - self.checked >= CHECK_EVERY
+        if due:
+            self.check()
+
+    def check(self) -> None:
+        """Read the maxima back (one host sync per device) and raise ``FloatingPointError`` naming the calls
+        they cover if one is NaN or infinite."""
+        with self.lock:
+            first, last = self.checked + 1, self.calls
+            worst = {key: value.item() for key, value in self.worst.items()}
+            self.worst.clear()
+            self.checked = self.calls
+        bad = sorted({str(device) for (device, _), value in worst.items() if not math.isfinite(value)})
+        if bad:
+            raise FloatingPointError(
+                f"the flow-matching loss was not finite (NaN or inf) on {', '.join(bad)} in one of the calls "
+                f"{first}..{last} of fmlib.losses outside the trainer (on an accelerator the loss is checked every "
+                f"{CHECK_EVERY} calls, without a host sync per call; fmlib.losses.check_deferred_losses() checks "
+                "at once)")
+
+
+_DEFERRED = _DeferredCheck()
+
+
+def check_deferred_losses() -> None:
+    """Check now the losses that :func:`cfm_loss` computed on an accelerator, outside the trainer, since the last
+    check (one host sync per device), instead of waiting for the next :data:`CHECK_EVERY`-th call.
+
+    Raises:
+        FloatingPointError: one of them was NaN or infinite (the message names the range of calls).
+    """
+    _DEFERRED.check()
+
+
+def _check_loss_finite(loss: Tensor, what: str) -> None:
+    """The finiteness check of a loss (0-d, or [B] for ``reduction="none"``) computed outside the trainer: at once
+    on the CPU (one read-back of a 0-d loss), deferred on an accelerator (see :class:`_DeferredCheck`)."""
+    if loss.device.type not in _CHECK_AT_ONCE:
+        _DEFERRED.note(loss)
+    elif loss.dim() == 0:
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{what} is not finite (NaN or inf)")
+    else:
+        check_finite(loss, what=what)
 
 
 def cfm_loss(
@@ -59,12 +138,17 @@ def cfm_loss(
 
     reduction: ``"mean"`` (scalar, mean over the batch), ``"sum"`` or ``"none"`` ([B]).
 
-    The finiteness check is one reduction (a host sync on a GPU); inside :func:`fmlib.train.train` it is left
-    to the trainer, which checks the accumulated losses every few steps instead.
+    Non-finite losses: inside :func:`fmlib.train.train` the check is left to the trainer, which reads its
+    losses back every few steps. Elsewhere a loss on the CPU is checked in this call (a CPU read-back is no host
+    sync) and raises at once; a loss on an accelerator (CUDA, MPS) is folded into a running maximum on the
+    device, read back every :data:`CHECK_EVERY` calls, so a user's training loop has no host sync per step and
+    still stops with a ``FloatingPointError`` that names the range of calls (:func:`check_deferred_losses`
+    checks at once).
 
     Raises:
         ValueError: shape mismatch, unknown parametrization or reduction, negative weights.
-        FloatingPointError: the loss is NaN or infinite.
+        FloatingPointError: the loss is NaN or infinite (on an accelerator: one of the last
+            :data:`CHECK_EVERY` losses was).
     """
     check_choice(parametrization, PARAMETRIZATIONS, what="parametrization")
     check_choice(reduction, REDUCTIONS, what="reduction")
@@ -78,16 +162,15 @@ def cfm_loss(
         if bool((w < 0).any()):
             raise ValueError("weighting returned negative weights")
         per_sample = w.to(per_sample.dtype) * per_sample
+    loss = per_sample.mean() if reduction == "mean" else per_sample.sum() if reduction == "sum" else per_sample
     if not loss_check_is_deferred():
-        check_finite(per_sample, what=f"the flow-matching loss ({parametrization} parametrization)")
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
+        _check_loss_finite(loss, f"the flow-matching loss ({parametrization} parametrization)")
+    return loss
 
 
 def _check_time_range(t_min: float, t_max: float) -> tuple[float, float]:
+    if type(t_min) is float and type(t_max) is float and t_min == 0.0 and t_max == 1.0:
+        return t_min, t_max  # the default range (checked once per training step)
     t_min, t_max = check_real(t_min, "t_min"), check_real(t_max, "t_max")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}")
@@ -113,10 +196,20 @@ def sample_time(batch: int, *, generator: torch.Generator | None = None, device:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     t_min, t_max = _check_time_range(t_min, t_max)
     dtype = dtype or torch.get_default_dtype()
-    u = torch.rand(int(batch), generator=generator, device=_generator_device(generator, device), dtype=dtype)
+    where = _generator_device(generator, device)
+    u = torch.rand(int(batch), generator=generator, device=where, dtype=dtype)
     if (t_min, t_max) != (0.0, 1.0):  # U[0, 1) needs no affine map (three fewer operators per step)
         u = (t_min + (t_max - t_min) * u).clamp(t_min, t_max)
-    return u.to(device)
+    return u if where == (device if isinstance(device, torch.device) else torch.device(device)) else u.to(device)
+
+
+def _check_model_device(model: nn.Module, x1: Tensor) -> None:
+    """ValueError if the model's parameters are on another device than the data (looked up only when the model
+    call failed or returned a tensor elsewhere: finding a parameter costs more than the check)."""
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if param is not None and param.device != x1.device:
+        raise ValueError(f"the data x1 is on {x1.device} but the model is on {param.device}: move the data "
+                         "with .to(device) (cfm_loss_fn does it for you)")
 
 
 def conditional_flow_matching_loss(
@@ -148,28 +241,31 @@ def conditional_flow_matching_loss(
     Raises:
         ValueError: shape mismatch, bad t or time range, unknown parametrization or reduction, negative
             weights, integer data, data on another device than the model's parameters.
-        FloatingPointError: the loss is NaN or infinite.
+        FloatingPointError: the loss is NaN or infinite (on an accelerator, outside the trainer: one of the
+            last :data:`CHECK_EVERY` losses was; see :func:`cfm_loss`).
     """
     check_batched(x1, name="x1", min_dim=1)
     if not x1.is_floating_point():
         raise ValueError(f"x1 must be a floating-point tensor (the data), got {x1.dtype}; convert it with "
                          ".float()")
-    if isinstance(model, nn.Module):
-        param = next(model.parameters(), None)
-        if param is not None and param.device != x1.device:
-            raise ValueError(f"the data x1 is on {x1.device} but the model is on {param.device}: move the data "
-                             "with .to(device) (cfm_loss_fn does it for you)")
     batch = x1.shape[0]
     if t is None:
         t = sample_time(batch, generator=generator, device=x1.device, dtype=x1.dtype, t_min=t_min, t_max=t_max)
     else:
         t = batch_time(t, batch, like=x1)
     if x0 is None:
-        x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype,
-                         device=_generator_device(generator, x1.device)).to(x1.device)
+        where = _generator_device(generator, x1.device)
+        x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=where)
+        x0 = x0 if where == x1.device else x0.to(x1.device)
     with times_checked():
         sample = path.sample(x0, x1, t)
-        pred = model(sample.x_t, sample.t) if y is None else model(sample.x_t, sample.t, y)
+        try:
+            pred = model(sample.x_t, sample.t) if y is None else model(sample.x_t, sample.t, y)
+        except (RuntimeError, NotImplementedError):
+            _check_model_device(model, x1)  # a clearer error when the devices differ
+            raise
+    if not torch.is_tensor(pred) or pred.device != x1.device:
+        _check_model_device(model, x1)
     return cfm_loss(pred, sample, path, parametrization=parametrization, weighting=weighting, reduction=reduction)
 
 

@@ -97,7 +97,8 @@ class SinusoidalTimeEmbedding(nn.Module):
             raise ValueError(f"SinusoidalTimeEmbedding expects t of shape [B], got {shape}")
         if not t.is_floating_point():
             t = t.float()
-        angles = t[:, None] * self.freqs.to(t.dtype)[None, :]
+        freqs = self.freqs if self.freqs.dtype == t.dtype else self.freqs.to(t.dtype)
+        angles = t[:, None] * freqs[None, :]
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
     def extra_repr(self) -> str:

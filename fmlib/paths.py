@@ -110,6 +110,18 @@ class Scheduler(ABC):
         """The constructor's keyword parameters as Python floats (none by default)."""
         return {}
 
+    def alpha_sigma(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """(α_t, σ_t) alone, elementwise at ``t`` (``ValueError`` outside [0, 1] or NaN). Subclasses whose
+        derivatives are constants override it to skip building them; the result may share memory with ``t``."""
+        out = self(t)
+        return out.alpha, out.sigma
+
+    def constant_derivatives(self) -> tuple[float, float] | None:
+        """(α', σ') as Python floats when both are the same at every t, else None (the default).
+
+        A path sample then forms dx_t = α' x1 + σ' x0 from two numbers instead of two [B] tensors."""
+        return None
+
     def snr(self, t: float | Tensor) -> Tensor:
         """Signal-to-noise ratio α_t² / σ_t² (inf where σ_t = 0), shape of ``t``."""
         out = self(t)
@@ -150,13 +162,22 @@ class CondOTScheduler(Scheduler):
     def _params(self) -> dict[str, float]:
         return {"sigma_min": self.sigma_min}
 
-    def __call__(self, t: float | Tensor) -> SchedulerOutput:
-        """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
+    def alpha_sigma(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
+        """(α_t, σ_t) = (t, 1 − (1 − σ_min) t); α_t is ``t`` itself when ``t`` is a floating tensor."""
         t = _time_tensor(t)
         slope = 1.0 - self.sigma_min
-        sigma = 1.0 - t if slope == 1.0 else 1.0 - slope * t  # σ_min = 0: one operator fewer, same bits
-        return SchedulerOutput(alpha=t.clone(), sigma=sigma, d_alpha=torch.ones_like(t),
-                               d_sigma=torch.full_like(t, -slope))
+        return t, (1.0 - t if slope == 1.0 else 1.0 - slope * t)  # σ_min = 0: one operator fewer, same bits
+
+    def constant_derivatives(self) -> tuple[float, float]:
+        """(α', σ') = (1, −(1 − σ_min))."""
+        return 1.0, -(1.0 - self.sigma_min)
+
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        """(α_t, σ_t, α'_t, σ'_t) elementwise at ``t`` (any shape; ``ValueError`` outside [0, 1] or NaN)."""
+        alpha, sigma = self.alpha_sigma(t)
+        d_alpha, d_sigma = self.constant_derivatives()
+        return SchedulerOutput(alpha=alpha.clone(), sigma=sigma, d_alpha=torch.full_like(alpha, d_alpha),
+                               d_sigma=torch.full_like(alpha, d_sigma))
 
 
 class VPScheduler(Scheduler):
@@ -280,6 +301,15 @@ class PathSample:
     dx_t: Tensor
 
 
+def _combine(c1: float, c0: float, x1: Tensor, x0: Tensor) -> Tensor:
+    """c1 x1 + c0 x0 for numbers c1, c0, with the same bits as multiplying by [B] tensors filled with c1 and c0
+    (x · 1 = x and x · (−1) = −x exactly, and x1 + (−x0) = x1 − x0): 1 operator for CondOT with σ_min = 0."""
+    first = x1 if c1 == 1.0 else c1 * x1
+    if c0 == -1.0:
+        return first - x0
+    return first + c0 * x0
+
+
 _Coefficients = Callable[[SchedulerOutput], tuple[Tensor, Tensor]]
 
 
@@ -362,6 +392,11 @@ class AffinePath:
         if not times_are_checked() and not bool(torch.isfinite(x0).all() & torch.isfinite(x1).all()):
             which = [n for n, v in (("x0", x0), ("x1", x1)) if not bool(torch.isfinite(v).all())]
             raise ValueError(f"AffinePath.sample: {' and '.join(which)} contain(s) NaN or inf")
+        constants = self.scheduler.constant_derivatives()
+        if constants is not None:  # (CondOT) dx_t from two numbers: no derivative tensors, no scan
+            t = batch_time(t, x1.shape[0], like=x1)
+            a, s = (expand_like(c, x1) for c in self.scheduler.alpha_sigma(t))
+            return PathSample(t=t, x0=x0, x1=x1, x_t=a * x1 + s * x0, dx_t=_combine(*constants, x1, x0))
         t, o = self._schedule(x1, t, name="x1")
         if not (self.scheduler.finite_derivatives and times_are_checked()):
             self._raise_if_singular(t, (o.d_alpha, o.d_sigma), "the conditional velocity dx_t",

@@ -550,15 +550,14 @@ CHECK_EVERY = 100
 """The trainer reads its losses back from the device (one host sync) every this many steps and at the end."""
 
 
-def _raise_nonfinite(losses: Tensor, first: int, name: str, steps: int) -> None:
-    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …, on the CPU) holds NaN or inf;
-    the message names the checked step range and the first bad step."""
-    bad = ~torch.isfinite(losses)
-    if bad.any():
-        i = int(bad.nonzero()[0, 0])
+def _raise_nonfinite(losses: list[float], first: int, name: str, steps: int) -> None:
+    """Raise FloatingPointError if ``losses`` (steps ``first``, ``first + 1``, …, read back as Python floats)
+    holds NaN or inf; the message names the checked step range and the first bad step."""
+    bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+    if bad is not None:
         raise FloatingPointError(
             f"training {name!r}: the loss became non-finite between steps {first} and {first + len(losses) - 1} "
-            f"of {steps} (first at step {first + i}: {losses[i].item()}); training stopped there. Lower the "
+            f"of {steps} (first at step {first + bad}: {losses[bad]}); training stopped there. Lower the "
             "learning rate, check the data for NaN/inf and the loss for divisions by ~0")
 
 
@@ -683,6 +682,7 @@ def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, r
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     check_every = CHECK_EVERY  # no host sync in between: the losses stay on the device until checked
     losses = torch.empty(steps, dtype=torch.float32, device=dev)
+    values: list[float] = []  # the losses read back so far (one read-back, one host sync, per check)
     smoothed: float | None = None
     checked = 0
     last_postfix = 0.0
@@ -711,9 +711,10 @@ def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, r
             ema.update(model)
             losses[step] = loss.detach().float()
             if (step + 1) % check_every == 0 or step + 1 == steps:
-                recent = losses[checked:step + 1].cpu()
+                recent = losses[checked:step + 1].tolist()
                 _raise_nonfinite(recent, checked, name, steps)
-                for value in recent.tolist():
+                values += recent
+                for value in recent:
                     smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
                 bar.update(step + 1 - checked)
                 checked = step + 1
@@ -736,10 +737,11 @@ def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, r
     ema.copy_to(ema_model)
     model.eval()
     ema_model.eval()
-    losses_np = losses.cpu().numpy().astype(np.float64)
+    losses_np = np.asarray(values, dtype=np.float64)  # float32 values, read back at the checks
     _warn_if_diverged(losses_np, name)
     if path is not None:
-        _save_run(path, name=name, key=run_key, model=model, ema_model=ema_model, losses=losses, seconds=seconds,
+        _save_run(path, name=name, key=run_key, model=model, ema_model=ema_model,
+                  losses=torch.tensor(values, dtype=torch.float32), seconds=seconds,
                   config=config)
     return TrainResult(model=ema_model, raw_model=model, losses=losses_np, seconds=seconds, from_cache=False,
                        key=run_key, path=path)

@@ -252,3 +252,66 @@ def test_drawn_time_range_of_the_loss():
     assert 0.25 <= float(seen[0].min()) and float(seen[0].max()) <= 0.5
     with pytest.raises(ValueError, match="t_max"):
         losses.conditional_flow_matching_loss(model, path, torch.randn(8, 2), t_min=0.5, t_max=0.25)
+
+
+class _Readbacks(torch.overrides.TorchFunctionMode):
+    """Counts calls that read a tensor's value back to Python (each a host sync on an accelerator)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        names = {"__bool__", "item", "tolist", "__float__", "__int__", "nonzero", "cpu", "numpy"}
+        self.count += getattr(func, "__name__", "") in names
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def as_on_an_accelerator(monkeypatch):
+    """The loss's finiteness check as it runs on CUDA/MPS (deferred), here on the CPU."""
+    losses.check_deferred_losses()  # start from a clean slate
+    monkeypatch.setattr(losses, "_CHECK_AT_ONCE", frozenset())
+    yield
+    losses._DEFERRED.worst.clear()
+    losses._DEFERRED.checked = losses._DEFERRED.calls
+
+
+def test_on_an_accelerator_a_user_loop_reads_back_once_per_check_and_names_the_bad_calls(as_on_an_accelerator):
+    from fmlib import models
+
+    model = models.MLP(hidden=8, depth=1)
+    x1 = torch.randn(16, 2)
+    first = losses._DEFERRED.calls + 1
+    with _Readbacks() as readbacks:
+        for _ in range(losses.CHECK_EVERY - 1):
+            losses.conditional_flow_matching_loss(model, PATH, x1)
+    assert readbacks.count == 0  # no host sync in the steady state
+    with _Readbacks() as readbacks:
+        losses.conditional_flow_matching_loss(model, PATH, x1)  # the CHECK_EVERY-th call reads back once
+    assert readbacks.count == 1
+    for _ in range(29):
+        losses.conditional_flow_matching_loss(model, PATH, x1)
+    bad = losses.conditional_flow_matching_loss(model, PATH, torch.full((16, 2), float("nan")))  # no error yet
+    assert torch.isnan(bad)
+    start = first + losses.CHECK_EVERY
+    with pytest.raises(FloatingPointError, match=rf"calls {start}\.\.{start + losses.CHECK_EVERY - 1} .*every "
+                                                 rf"{losses.CHECK_EVERY} calls"):
+        for _ in range(losses.CHECK_EVERY):
+            losses.conditional_flow_matching_loss(model, PATH, x1)
+    with pytest.raises(FloatingPointError, match="not finite"):  # at once, on request; per-sample losses too
+        losses.cfm_loss(torch.tensor([[float("inf"), 0.0], [0.0, 0.0]]), small_sample(), PATH, reduction="none")
+        losses.check_deferred_losses()
+    losses.check_deferred_losses()  # nothing pending: no error
+
+
+def test_the_loss_is_bit_identical_whether_its_check_is_deferred_or_not(monkeypatch):
+    def loss(seed):
+        g = torch.Generator().manual_seed(seed)
+        return losses.conditional_flow_matching_loss(lambda x, t: 0.5 * x, PATH, torch.randn(32, 1, 4, 4,
+                                                     generator=g), generator=g)
+
+    now = loss(3)
+    monkeypatch.setattr(losses, "_CHECK_AT_ONCE", frozenset())
+    assert torch.equal(now, loss(3))
+    losses.check_deferred_losses()

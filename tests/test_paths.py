@@ -430,3 +430,23 @@ def test_sample_rejects_non_finite_points(which, bad):
     pts[which][1, 0] = bad
     with pytest.raises(ValueError, match=f"{which} contain"):
         path.sample(pts["x0"], pts["x1"], 0.5)
+
+
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1, 1e-3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_derivative_shortcut_of_condot_has_the_bits_of_the_general_formula(sigma_min, dtype, generator):
+    # the sample of a scheduler with constant α', σ' forms dx_t from two numbers; same bits as from [B] tensors
+    scheduler = paths.CondOTScheduler(sigma_min)
+    x0, x1 = (torch.randn(64, 3, generator=generator, dtype=dtype) for _ in range(2))
+    t = torch.rand(64, generator=generator, dtype=dtype)
+    out = scheduler(t)
+    assert scheduler.constant_derivatives() == (1.0, -(1.0 - sigma_min))
+    assert torch.equal(out.d_alpha, torch.ones_like(t)) and torch.equal(out.d_sigma, torch.full_like(t, sigma_min - 1))
+    alpha, sigma = scheduler.alpha_sigma(t)
+    assert torch.equal(alpha, out.alpha) and torch.equal(sigma, out.sigma)
+    assert out.alpha.data_ptr() != t.data_ptr()  # __call__'s outputs are the caller's to modify
+    sample = paths.AffinePath(scheduler).sample(x0, x1, t)
+    col = lambda c: c[:, None]  # noqa: E731
+    assert torch.equal(sample.x_t, col(out.alpha) * x1 + col(out.sigma) * x0)
+    assert torch.equal(sample.dx_t, col(out.d_alpha) * x1 + col(out.d_sigma) * x0)
+    assert paths.CosineScheduler().constant_derivatives() is None

@@ -355,3 +355,18 @@ def test_run_ledger_that_cannot_be_written_warns_and_trains(monkeypatch, tmp_pat
     with pytest.warns(RuntimeWarning, match="cannot record the run"):
         result = _run(cache=False)
     assert not result.from_cache
+
+
+def test_host_syncs_per_training_step_are_one_read_back_per_loss_check():
+    # the CPU stand-in for the GPU claim: with fmlib's loss, path and model, a training run reads values back
+    # only at its loss checks (every CHECK_EVERY steps and at the end), never per step
+    from fmlib import losses, paths
+    from fmlib.train import CHECK_EVERY
+
+    path = paths.AffinePath(paths.CondOTScheduler())
+    loss_fn = losses.cfm_loss_fn(path, lambda n, g: torch.randn(n, 2, generator=g))
+    steps = 2 * CHECK_EVERY + 50
+    with _Readbacks() as readbacks:
+        train(MLP(hidden=8, depth=1), loss_fn, TrainConfig(steps=steps, batch_size=16), name="syncs", device="cpu",
+              cache=False, progress=False)
+    assert readbacks.count == math.ceil(steps / CHECK_EVERY), readbacks.count  # 0.012 per step

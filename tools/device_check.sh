@@ -3,7 +3,8 @@
 #   the full profile of every chapter, the chapters concurrently (one GPU, 16 cores), each under a time limit;
 #   then benchmarks/train_steps.py (never step-capped). Logs go to $OUT (or ./device-out): <chapter>.log
 #   with per-cell seconds and one line per training run (steps, seconds, speed), summary.txt (exit code and wall
-#   time per chapter) and bench.txt.
+#   time per chapter) and bench.txt (its side-by-side table counts host syncs per training step with
+#   torch.cuda.set_sync_debug_mode on CUDA: the GPU check of issue 15, 0 per step expected in the steady state).
 # A device call: carry [".device"], command `bash tools/device_check.sh 480`, timeout_s 600 (the chapters' limit
 # plus ~1 min install and ~1.5 min benchmark); FMLIB_MAX_STEPS=N as a second argument makes it a smoke test.
 # Usage: bash tools/device_check.sh [seconds per chapter, default 480] [extra env, e.g. FMLIB_MAX_STEPS=200]
