@@ -28,6 +28,9 @@ the score follows from the velocity (``AffinePath.score_from_velocity``).
 x̄_{t'} = x̄_t + (ρ_{t'} − ρ_t) ε̂: the Euler method of dx̄/dρ = ε̂ on the grid ρ_k.
 **Churn** (EDM): before a step, raise the noise level ρ → ρ̂ = (1 + γ) ρ by adding sqrt(ρ̂² − ρ²) ξ to x̄
 (moving to the time t̂ with ρ_t̂ = ρ̂), then step from t̂.
+**EDM's sampler** (:func:`sample_edm`): churn, then Heun's method for dx̄/dρ = ε̂ from ρ_t̂ to the next node
+(EDM's σ is ρ, its x is x̄, its D(x; σ) is x̂1; its decreasing σ_i are increasing book times t_i with
+λ_{t_i} = −2 log σ_i).
 
 **Loss weightings.** For a prediction of ``parametrization`` at x_t, the squared error is a multiple of the
 ε-error: ‖pred − target‖² = w_ε(t) ‖ε̂ − ε‖² with w_ε = 1 (x0 = ε), σ²/α² (x1), 1/σ² (score),
@@ -57,12 +60,16 @@ __all__ = [
     "RescaledScheduler",
     "ddpm_log_snr",
     "sde_drift",
+    "grid_from_log_snr",
     "uniform_log_snr_grid",
     "edm_grid",
     "DiffusionSample",
+    "predict_x1_x0",
     "sample_ddim",
+    "sample_edm",
     "ddim_recursion_coefficients",
     "prediction_weights",
+    "per_sample_loss",
     "epsilon_weight",
     "effective_weight",
     "reweighting",
@@ -206,11 +213,17 @@ def sde_drift(path: AffinePath, velocity: VelocityField, eta: float = 1.0
 # time grids
 
 
-def _grid_from_levels(scheduler: Scheduler, lam: Tensor, t_start: float, t_end: float) -> Tensor:
-    """[t_start, t(λ_1), …, t(λ_{n}), t_end] (float64): interior nodes from log-SNR values, given endpoints."""
-    inner = time_from_log_snr(scheduler, lam)
-    grid = torch.cat([torch.tensor([t_start], dtype=torch.float64), inner,
-                      torch.tensor([t_end], dtype=torch.float64)])
+def grid_from_log_snr(scheduler: Scheduler, lam: Tensor, t_start: float = 0.0, t_end: float = 1.0) -> Tensor:
+    """The time grid [t_start, t(λ_1), …, t(λ_n), t_end] (float64, shape [n + 2]): interior nodes at the
+    log-SNR values ``lam`` (an increasing [n] tensor, mapped by :func:`time_from_log_snr`), endpoints given.
+
+    Raises:
+        ValueError: the grid is not increasing (some λ lies outside (λ_{t_start}, λ_{t_end}) or ``lam`` is not
+            increasing).
+    """
+    inner = time_from_log_snr(scheduler, torch.as_tensor(lam, dtype=torch.float64).flatten())
+    grid = torch.cat([torch.tensor([float(t_start)], dtype=torch.float64), inner,
+                      torch.tensor([float(t_end)], dtype=torch.float64)])
     if not bool((grid.diff() > 0).all()):
         raise ValueError("the grid is not increasing: the log-SNR range lies outside (t_start, t_end) "
                          f"for {scheduler!r}")
@@ -226,7 +239,7 @@ def uniform_log_snr_grid(scheduler: Scheduler, steps: int, *, lam_min: float = -
     if steps == 1:
         return torch.tensor([t_start, t_end], dtype=torch.float64)
     lam = torch.linspace(check_real(lam_min, "lam_min"), check_real(lam_max, "lam_max"), steps - 1, dtype=torch.float64)
-    return _grid_from_levels(scheduler, lam, t_start, t_end)
+    return grid_from_log_snr(scheduler, lam, t_start, t_end)
 
 
 def edm_grid(scheduler: Scheduler, steps: int, *, rho: float = 7.0, sigma_min: float = 0.002,
@@ -241,7 +254,7 @@ def edm_grid(scheduler: Scheduler, steps: int, *, rho: float = 7.0, sigma_min: f
         return torch.tensor([t_start, t_end], dtype=torch.float64)
     i = torch.linspace(0.0, 1.0, steps - 1, dtype=torch.float64)
     levels = (hi ** (1 / r) + i * (lo ** (1 / r) - hi ** (1 / r))) ** r
-    return _grid_from_levels(scheduler, -2.0 * torch.log(levels), t_start, t_end)
+    return grid_from_log_snr(scheduler, -2.0 * torch.log(levels), t_start, t_end)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,8 +272,16 @@ class DiffusionSample:
     trajectory: Tensor | None = None
 
 
-def _predictions(path: AffinePath, field: VelocityField, x: Tensor, t: float, prediction: str) -> tuple[Tensor, Tensor]:
-    """(x̂1, ε̂) at (x, t) from a field predicting ``prediction``."""
+def predict_x1_x0(path: AffinePath, field: VelocityField, x: Tensor, t: float, prediction: str
+                  ) -> tuple[Tensor, Tensor]:
+    """(x̂1, ε̂) at (x, t): one call ``field(x, t)`` returning ``prediction`` (``velocity``, ``x0``/``epsilon``,
+    ``x1`` or ``score``), converted by ``path`` (x = α_t x̂1 + σ_t ε̂). ``x`` is [B, ...]; both outputs have its
+    shape. The one place where the diffusion samplers evaluate a model.
+
+    Raises:
+        ValueError: an unknown ``prediction``; the field returns a shape other than ``x``'s.
+    """
+    check_choice(prediction, PARAMETRIZATIONS, what="prediction")
     tb = batch_time(t, x.shape[0], like=x)
     pred = field(x, tb)
     if pred.shape != x.shape:
@@ -277,6 +298,14 @@ def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def _rho(o: SchedulerOutput) -> float:
     return float(o.sigma / o.alpha) if float(o.alpha) > 0 else math.inf
+
+
+def _increasing_grid(times: Tensor) -> Tensor:
+    """``times`` as a flat float64 tensor; ``ValueError`` unless it is increasing in [0, 1] with ≥ 2 nodes."""
+    times = torch.as_tensor(times, dtype=torch.float64).flatten()
+    if times.numel() < 2 or not bool((times.diff() > 0).all()) or times[0] < 0 or times[-1] > 1:
+        raise ValueError("times must be an increasing grid in [0, 1] with at least two nodes")
+    return times
 
 
 def sample_ddim(
@@ -307,9 +336,7 @@ def sample_ddim(
     check_batched(x_init, name="x_init", min_dim=1)
     check_choice(prediction, PARAMETRIZATIONS, what="prediction")
     eta, churn = check_real(eta, "eta", low=0.0), check_real(churn, "churn", low=0.0)
-    times = torch.as_tensor(times, dtype=torch.float64).flatten()
-    if times.numel() < 2 or not bool((times.diff() > 0).all()) or times[0] < 0 or times[-1] > 1:
-        raise ValueError("times must be an increasing grid in [0, 1] with at least two nodes")
+    times = _increasing_grid(times)
     sched = path.scheduler
     x, nfe = x_init, 0
     trajectory = [x] if record else None
@@ -324,7 +351,7 @@ def sample_ddim(
             add = max(float(o_hat.sigma) ** 2 - (ratio * float(o.sigma)) ** 2, 0.0) ** 0.5
             x = ratio * x + add * _noise(x, generator)
             t, o = t_hat, o_hat
-        x1, x0 = _predictions(path, field, x, t, prediction)
+        x1, x0 = predict_x1_x0(path, field, x, t, prediction)
         nfe += 1
         o_next = sched(torch.tensor(t_next, dtype=torch.float64))
         a_next, s_next = float(o_next.alpha), float(o_next.sigma)
@@ -338,6 +365,90 @@ def sample_ddim(
         if trajectory is not None:
             trajectory.append(x)
     return DiffusionSample(x=x, nfe=nfe, times=times,
+                           trajectory=None if trajectory is None else torch.stack(trajectory))
+
+
+def sample_edm(
+    field: VelocityField,
+    path: AffinePath,
+    x_init: Tensor,
+    *,
+    times: Tensor,
+    prediction: str = "velocity",
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    record: bool = False,
+) -> DiffusionSample:
+    """Karras et al.'s (EDM, 2022) stochastic second-order sampler on the increasing grid ``times`` (t_0 → t_N).
+
+    EDM integrates dx̄/dρ = ε̂(x̄, ρ) in the scale-free state x̄ = x/α_t at the noise level ρ = σ_t/α_t (EDM's σ;
+    EDM's D(x̄; σ) is x̂1, and its slope (x̄ − D)/σ is ε̂). EDM's σ_i, decreasing to 0, are this grid's
+    ρ_k = ρ_{t_k}, increasing t; EDM's x_i is α_{t_k} x̄. Step k from t = t_k to t' = t_{k+1}:
+
+    1. churn: γ = min(s_churn / N, √2 − 1) if s_tmin ≤ ρ_t ≤ s_tmax else 0 (N = number of steps); the noise
+       level rises to ρ̂ = (1 + γ) ρ_t at the time t̂ with λ_t̂ = −2 log ρ̂ (clamped to [0, 1]: ρ̂ = ρ_t̂), and
+       x̄̂ = x̄ + s_noise sqrt(ρ̂² − ρ_t²) ξ, ξ ~ N(0, I);
+    2. Euler: ε̂ at (α_t̂ x̄̂, t̂), x̄' = x̄̂ + (ρ_{t'} − ρ̂) ε̂;
+    3. Heun's correction unless σ_{t'} = 0: ε̂' at (α_{t'} x̄', t'), x̄' = x̄̂ + (ρ_{t'} − ρ̂)(ε̂ + ε̂')/2.
+
+    ``s_tmin``/``s_tmax`` bound ρ (EDM's σ), not book time. NFE = 2N, or 2N − 1 when the grid ends at σ = 0
+    (the last step then returns x̂1, as :func:`sample_ddim`). With γ = 0 (``s_churn = 0``) this is the
+    deterministic Heun method of dx̄/dρ = ε̂ on the nodes ρ_k, which is not the Heun method of dx/dt = u in
+    (x, t) (second-order methods are not invariant under the change of variables). The grid must start where
+    α > 0 (EDM starts at ρ = σ_max: ``edm_grid(scheduler, N + 1)[1:]``, with x_init = σ_{t_0} z).
+    The same code runs for a trained model and for an exact field; ``field(x, t)`` returns ``prediction``.
+
+    Raises:
+        ValueError: a grid that is not increasing in [0, 1] or starts at α = 0; s_churn, s_noise < 0;
+            s_tmin > s_tmax; an unknown prediction.
+    """
+    check_batched(x_init, name="x_init", min_dim=1)
+    check_choice(prediction, PARAMETRIZATIONS, what="prediction")
+    s_churn, s_noise = check_real(s_churn, "s_churn", low=0.0), check_real(s_noise, "s_noise", low=0.0)
+    s_tmin = check_real(s_tmin, "s_tmin", low=0.0)
+    if not s_tmax >= s_tmin:
+        raise ValueError(f"need s_tmin <= s_tmax, got {s_tmin!r} and {s_tmax!r}")
+    times = _increasing_grid(times)
+    sched = path.scheduler
+    out = sched(times)
+    alpha, sigma = out.alpha.tolist(), out.sigma.tolist()
+    if not alpha[0] > 0:
+        raise ValueError(f"the grid starts at t = {float(times[0])!r} where α = 0 (ρ = ∞): EDM starts at a finite "
+                         "noise level, e.g. times = edm_grid(scheduler, steps + 1)[1:]")
+    rho = [s_ / a_ for a_, s_ in zip(alpha, sigma)]
+    steps = times.numel() - 1
+    gamma_max = min(s_churn / steps, math.sqrt(2.0) - 1.0)
+    x_bar, nfe = x_init / alpha[0], 0
+    trajectory = [x_init] if record else None
+
+    def eps_hat(state: Tensor, t: float, a: float) -> Tensor:
+        nonlocal nfe
+        nfe += 1
+        return predict_x1_x0(path, field, a * state, t, prediction)[1]
+
+    for k in range(steps):
+        t, a, r = float(times[k]), alpha[k], rho[k]
+        gamma = gamma_max if s_tmin <= r <= s_tmax else 0.0
+        if gamma > 0:
+            lam_hat = torch.tensor(-2.0 * math.log((1.0 + gamma) * r), dtype=torch.float64)
+            t = float(time_from_log_snr(sched, lam_hat))
+            o_hat = sched(torch.tensor(t, dtype=torch.float64))
+            a = float(o_hat.alpha)
+            r_hat = float(o_hat.sigma) / a
+            x_bar = x_bar + s_noise * max(r_hat**2 - r**2, 0.0) ** 0.5 * _noise(x_bar, generator)
+            r = r_hat
+        d = eps_hat(x_bar, t, a)
+        x_next = x_bar + (rho[k + 1] - r) * d
+        if sigma[k + 1] > 0:
+            d_next = eps_hat(x_next, float(times[k + 1]), alpha[k + 1])
+            x_next = x_bar + (rho[k + 1] - r) * 0.5 * (d + d_next)
+        x_bar = x_next
+        if trajectory is not None:
+            trajectory.append(alpha[k + 1] * x_bar)
+    return DiffusionSample(x=alpha[-1] * x_bar, nfe=nfe, times=times,
                            trajectory=None if trajectory is None else torch.stack(trajectory))
 
 
@@ -402,6 +513,42 @@ def reweighting(path: AffinePath, parametrization: str, w_lambda: Callable[[Tens
         return w_lambda(path.scheduler.log_snr(t)) / epsilon_weight(path, t, parametrization)
 
     return weighting
+
+
+def per_sample_loss(path: AffinePath, data, weight: Callable[[AffinePath, Tensor], Tensor], n: int, *,
+                    theta: float = 0.1, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Monte Carlo terms of an ε-loss of a deliberately imperfect exact field, and of its θ-derivative.
+
+    Draws t ~ U(0, 1) (clamped to [1e-6, 1 − 1e-6]) [n, 1], x1 ~ ``data`` (a
+    :class:`fmlib.analytic.GaussianMixture`) and ε ~ N(0, I), in this order from ``generator``, all float64.
+    The field is ε̂_θ = (1 − θ) E[ε | x̄] + θ x̄ at x̄ = x_t/(α_t + σ_t) = τ x1 + (1 − τ) ε, τ = α_t/(α_t + σ_t):
+    the linear path at the same log-SNR, so ε̂_θ depends on t only through λ_t (E[ε | x̄] is the exact
+    posterior of the linear path). Returns ([n], [n]):
+
+        ℓ = w_ε(t) ‖ε̂_θ − ε‖²,        dℓ/dθ = 2 w_ε(t) (ε̂_θ − ε)·(x̄ − E[ε | x̄]),
+
+    with w_ε = ``weight(path, t)`` (t of shape [n, 1]; e.g. ``lambda p, t: epsilon_weight(p, t, "velocity")``).
+    Their means estimate the loss E ℓ of the schedule and weighting and its gradient in θ.
+
+    Raises:
+        ValueError: n not a positive integer, θ not a real number.
+    """
+    from .analytic import MarginalField
+    from .paths import CondOTScheduler
+
+    n = check_positive_int(n, "n")
+    theta = check_real(theta, "theta")
+    t = torch.rand(n, 1, generator=generator, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+    x1 = data.sample(n, generator=generator).to(torch.float64)
+    eps = torch.randn(n, data.dim, generator=generator, dtype=torch.float64)
+    o = path.scheduler(t)
+    tau = o.alpha / (o.alpha + o.sigma)
+    x_bar = tau * x1 + (1 - tau) * eps
+    post = MarginalField(AffinePath(CondOTScheduler()), data).posterior_x0(x_bar, tau.flatten())
+    err = (1 - theta) * post + theta * x_bar - eps
+    w = weight(path, t)
+    return ((w * err.square().sum(-1, keepdim=True)).flatten(),
+            (2 * w * (err * (x_bar - post)).sum(-1, keepdim=True)).flatten())
 
 
 def sample_time_logit_normal(batch: int, *, mean: float = 0.0, std: float = 1.0,

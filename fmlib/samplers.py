@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ._checks import check_batched, check_choice
 from ._checks import check_positive_int
-from .diffusion import _grid_from_levels, _predictions
+from .diffusion import grid_from_log_snr as _grid_from_levels, predict_x1_x0 as _predictions
 from .paths import PARAMETRIZATIONS, AffinePath, Scheduler
 from .solvers import _TABLEAUS, FIXED_STEP_METHODS, NFE_PER_STEP, NFECounter, ODESolution, VelocityField
 from .solvers import _check_velocity_output, _require_finite, _rk_step, _time_batch

@@ -344,3 +344,146 @@ def test_toy_flow_with_loss_edm_like_trains_and_rejects_unknown(tmp_path, monkey
     assert len(run.losses) == 3 and all(math.isfinite(float(v)) for v in run.losses)
     with pytest.raises(ValueError, match="loss recipe"):
         diffusion.toy_flow_with_loss("moons", "huber")
+
+
+# ---------------------------------------------------------------------------------------------------- EDM (Heun + churn)
+
+class _AffineVE(paths.Scheduler):
+    """α = 1, σ_t = 0.1 + 5 (1 − t): affine in t, so Heun in (x̄, ρ) = (x, σ) is Heun in (x, t)."""
+
+    name = "affine-ve"
+
+    def __call__(self, t):
+        t = torch.as_tensor(t, dtype=torch.get_default_dtype()) if not torch.is_tensor(t) else t
+        return paths.SchedulerOutput(alpha=torch.ones_like(t), sigma=0.1 + 5.0 * (1 - t),
+                                     d_alpha=torch.zeros_like(t), d_sigma=torch.full_like(t, -5.0))
+
+
+def edm_times(steps: int) -> torch.Tensor:
+    return diffusion.edm_grid(paths.CondOTScheduler(), steps + 1)[1:]
+
+
+def test_edm_without_churn_is_heun_where_the_noise_level_is_affine_in_t(mixture):
+    path = paths.AffinePath(_AffineVE())
+    field = analytic.MarginalField(path, mixture)
+    grid = solvers.time_grid(7)
+    x = 5.1 * noise()
+    edm = diffusion.sample_edm(field, path, x, times=grid)
+    heun = solvers.solve_ode(field, x, steps=7, method="heun")
+    torch.testing.assert_close(edm.x, heun.x, atol=1e-12, rtol=0)
+    assert edm.nfe == heun.nfe == 14
+
+
+def test_edm_without_churn_is_heun_of_dxbar_drho_on_the_edm_grid(mixture):
+    """s_churn = 0 (or churn confined to a ρ range the grid misses): the deterministic Heun step in (x̄, ρ)."""
+    lin = path_of("condot")
+    field = analytic.MarginalField(lin, mixture)
+    grid = edm_times(6)
+    o = lin.scheduler(grid)
+    rho = (o.sigma / o.alpha).tolist()
+    x = o.sigma[0] * noise()
+    xb = x / o.alpha[0]
+    for k in range(6):
+        d = field.posterior_x0(xb * o.alpha[k], float(grid[k]))
+        xn = xb + (rho[k + 1] - rho[k]) * d
+        if rho[k + 1] > 0:
+            xn = xb + (rho[k + 1] - rho[k]) * 0.5 * (d + field.posterior_x0(xn * o.alpha[k + 1], float(grid[k + 1])))
+        xb = xn
+    out = diffusion.sample_edm(field, lin, x, times=grid, record=True)
+    torch.testing.assert_close(out.x, xb, atol=1e-12, rtol=0)
+    assert out.nfe == 11 and out.trajectory.shape == (7, *x.shape)
+    missed = diffusion.sample_edm(field, lin, x, times=grid, s_churn=40.0, s_tmin=100.0, s_tmax=200.0,
+                                  generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(missed.x, xb, atol=1e-12, rtol=0)
+
+
+def test_edm_heun_is_second_order_on_a_gaussian():
+    """Data N(m, s² I): the exact flow is x̄_ρ − m ∝ sqrt(s² + ρ²); halving the step quarters the error."""
+    m, s2 = 0.7, 0.25
+    gauss = analytic.GaussianMixture(means=torch.tensor([[m, m]], dtype=F64),
+                                     stds=torch.tensor([s2**0.5], dtype=F64), weights=torch.ones(1, dtype=F64))
+    lin = path_of("condot")
+    field = analytic.MarginalField(lin, gauss)
+    errors = []
+    for steps in (8, 16, 32):
+        grid = diffusion.edm_grid(lin.scheduler, steps + 1, sigma_max=10.0)[1:-1]   # end at ρ = 0.002
+        o = lin.scheduler(grid)
+        x = o.sigma[0] * noise(50)
+        rho0, rho1 = float(o.sigma[0] / o.alpha[0]), float(o.sigma[-1] / o.alpha[-1])
+        exact = (m + (x / o.alpha[0] - m) * math.sqrt((s2 + rho1**2) / (s2 + rho0**2))) * o.alpha[-1]
+        errors.append(float((diffusion.sample_edm(field, lin, x, times=grid).x - exact).abs().max()))
+    orders = [math.log2(errors[k] / errors[k + 1]) for k in range(2)]
+    assert all(1.7 < p < 2.5 for p in orders), errors
+
+
+def test_edm_with_churn_samples_an_exact_gaussian():
+    """Stochastic EDM on the exact field of N(m, s² I): the samples have mean m and variance s²."""
+    m, s2 = -0.5, 0.36
+    gauss = analytic.GaussianMixture(means=torch.tensor([[m, m]], dtype=F64),
+                                     stds=torch.tensor([s2**0.5], dtype=F64), weights=torch.ones(1, dtype=F64))
+    lin = path_of("condot")
+    field = analytic.MarginalField(lin, gauss)
+    grid = edm_times(160)                               # γ = 0.25: converged to ~1 % at 160 steps
+    n = 20_000
+    x = lin.scheduler(grid[0]).sigma * torch.randn(n, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    out = diffusion.sample_edm(field, lin, x, times=grid, s_churn=40.0, s_tmin=0.05, s_tmax=50.0,
+                               generator=torch.Generator().manual_seed(3))
+    assert out.nfe == 319
+    torch.testing.assert_close(out.x.mean(0), torch.full((2,), m, dtype=F64), atol=5 * math.sqrt(s2 / n), rtol=0)
+    torch.testing.assert_close(out.x.var(0), torch.full((2,), s2, dtype=F64), atol=0.03 * s2, rtol=0)
+    det = diffusion.sample_edm(field, lin, x, times=grid)
+    assert (out.x - det.x).abs().mean() > 0.1          # churn changes the samples, not their law
+
+
+def test_edm_sampler_rejects_bad_input(mixture):
+    lin = path_of("condot")
+    field = analytic.MarginalField(lin, mixture)
+    with pytest.raises(ValueError, match="α = 0"):
+        diffusion.sample_edm(field, lin, noise(), times=solvers.time_grid(4))
+    grid = edm_times(4)
+    for kw in ({"s_churn": -1.0}, {"s_noise": -0.1}, {"s_tmin": 2.0, "s_tmax": 1.0}, {"prediction": "foo"}):
+        with pytest.raises(ValueError):
+            diffusion.sample_edm(field, lin, noise(), times=grid, **kw)
+    with pytest.raises(ValueError, match="increasing"):
+        diffusion.sample_edm(field, lin, noise(), times=grid.flip(0))
+
+
+def test_predict_x1_x0_recomposes_x_and_checks_shape(mixture):
+    lin = path_of("condot")
+    field = analytic.MarginalField(lin, mixture)
+    x = noise()
+    x1, x0 = diffusion.predict_x1_x0(lin, field, x, 0.4, "velocity")
+    torch.testing.assert_close(0.4 * x1 + 0.6 * x0, x)
+    torch.testing.assert_close(x1, field.posterior_x1(x, 0.4))
+    with pytest.raises(ValueError, match="shape"):
+        diffusion.predict_x1_x0(lin, lambda x, t: x[:, :1], x, 0.4, "velocity")
+
+
+def test_grid_from_log_snr_places_nodes_at_the_levels():
+    lin = paths.CondOTScheduler()
+    lam = torch.tensor([-2.0, 0.0, 3.0], dtype=F64)
+    grid = diffusion.grid_from_log_snr(lin, lam)
+    assert grid[0] == 0.0 and grid[-1] == 1.0
+    torch.testing.assert_close(lin.log_snr(grid[1:-1]), lam)
+    with pytest.raises(ValueError, match="increasing"):
+        diffusion.grid_from_log_snr(lin, lam.flip(0))
+
+
+# ---------------------------------------------------------------------------------------------------- per_sample_loss
+
+def test_per_sample_loss_vanishes_for_the_exact_field_of_one_point_and_its_derivative_is_exact():
+    point = analytic.GaussianMixture.from_points(torch.tensor([[1.0, -2.0]], dtype=F64))
+    cos = path_of("cosine")
+    ones = lambda p, t: torch.ones_like(t)  # noqa: E731
+    loss, dloss = diffusion.per_sample_loss(cos, point, ones, 500, theta=0.0, generator=torch.Generator().manual_seed(0))
+    assert loss.shape == dloss.shape == (500,)
+    assert loss.abs().max() < 1e-20 and dloss.abs().max() < 1e-10   # E[ε | x̄] = ε for one data point
+    ring = analytic.GaussianMixture.ring(4, 2.0, 0.3, dtype=F64)
+    w = lambda p, t: diffusion.epsilon_weight(p, t, "velocity")  # noqa: E731
+    h = 1e-6
+    lo, hi = (diffusion.per_sample_loss(cos, ring, w, 300, theta=th, generator=torch.Generator().manual_seed(1))[0]
+              for th in (0.2 - h, 0.2 + h))
+    _, d = diffusion.per_sample_loss(cos, ring, w, 300, theta=0.2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(d, (hi - lo) / (2 * h), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError):
+        diffusion.per_sample_loss(cos, ring, w, 0)
