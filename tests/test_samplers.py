@@ -158,7 +158,7 @@ def test_edm_sampler_is_heun_in_the_scale_free_state():
     field = analytic.MarginalField(LIN, mix)
     x0 = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     grid = diffusion.edm_grid(LIN.scheduler, 10)
-    out = samplers.sample_edm(field, LIN, x0, times=grid)
+    out = diffusion.sample_edm(field, LIN, x0, times=grid)
     assert out.nfe == 2 * 10 - 2
     assert float((out.x - edm_in_its_own_variables(field, x0, grid)).abs().max()) < 1e-12
     heun_xt = samplers.solve_on_grid(field, x0, grid, method="heun").x
@@ -168,15 +168,15 @@ def test_edm_sampler_is_heun_in_the_scale_free_state():
 def test_edm_sampler_has_order_two_and_churn_is_seeded():
     field, exact = gaussian_field()
     x0 = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    errors = [float((samplers.sample_edm(field, LIN, x0, times=diffusion.edm_grid(LIN.scheduler, n)).x
+    errors = [float((diffusion.sample_edm(field, LIN, x0, times=diffusion.edm_grid(LIN.scheduler, n)).x
                      - exact(x0, 1.0)).abs().max()) for n in (32, 64)]
     assert math.log2(errors[0] / errors[1]) > 1.7, errors
     grid = diffusion.edm_grid(LIN.scheduler, 8)
-    runs = [samplers.sample_edm(field, LIN, x0, times=grid, churn=0.3,
+    runs = [diffusion.sample_edm(field, LIN, x0, times=grid, churn=0.3,
                                 generator=torch.Generator().manual_seed(7)).x for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
-    assert float((runs[0] - samplers.sample_edm(field, LIN, x0, times=grid).x).abs().max()) > 1e-3
+    assert float((runs[0] - diffusion.sample_edm(field, LIN, x0, times=grid).x).abs().max()) > 1e-3
     with pytest.raises(ValueError, match="churn"):
-        samplers.sample_edm(field, LIN, x0, times=grid, churn=-0.1)
+        diffusion.sample_edm(field, LIN, x0, times=grid, churn=-0.1)
     with pytest.raises(ValueError, match="increasing"):
-        samplers.sample_edm(field, LIN, x0, times=grid.flip(0))
+        diffusion.sample_edm(field, LIN, x0, times=grid.flip(0))
