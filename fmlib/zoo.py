@@ -20,6 +20,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import losses, models, paths, runtime
+from ._checks import check_choice
 from .train import TrainConfig, TrainResult, train
 
 __all__ = ["ToySize", "ImageSize", "toy_size", "image_size", "toy_flow", "toy_conditional_flow", "image_flow",
@@ -230,10 +231,7 @@ def image_noisy_classifier(
     train_set, _ = images.split(0.2, seed=0)
     path = paths.AffinePath(paths.get_scheduler(scheduler))
 
-    def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(train_set), (n,), generator=g)
-        return train_set.images[idx], train_set.labels[idx]
-
+    sample = data_mod.batch_sampler(train_set.images, train_set.labels)
     kind = "clean" if clean_only else "noisy"
     key = {"data": images.name, "split": "load_images(dataset).split(0.2, seed=0)[0]"}
     return train_noisy_classifier(path, sample, images.num_classes, name=f"img-{dataset}-{kind}-classifier",
@@ -244,8 +242,7 @@ def image_noisy_classifier(
 
 def autoencoder_steps(dataset: str = "digits") -> int:
     """The profile's default training length of :func:`autoencoder` on ``digits`` or ``mnist``."""
-    if dataset not in ("digits", "mnist"):
-        raise ValueError(f"unknown image dataset {dataset!r}; choose 'digits' or 'mnist'")
+    check_choice(dataset, data_mod.IMAGE_DATASETS, what="image dataset")
     return runtime.by_profile(quick=1_500, full=10_000)
 
 
