@@ -24,6 +24,7 @@ __all__ = [
     "plot_vector_field",
     "show_images",
     "column_figure",
+    "log_ticks",
     "use_book_style",
     "BOOK_STYLE",
     "COLUMN_WIDTH_IN",
@@ -100,6 +101,26 @@ def column_figure(nrows: int = 1, ncols: int = 1, *, height: float | None = None
     if height is None:
         height = nrows * (fig_w / ncols) * aspect * 0.92 + 0.25
     return plt.subplots(nrows, ncols, figsize=(fig_w, height), **subplot_kw)
+
+def log_ticks(ax: Axes, values, *, axis: str = "x") -> Axes:
+    """Put ``axis`` ("x" or "y") of ``ax`` on a log scale with major ticks at ``values``, labelled as plain
+    numbers, and no minor tick labels (matplotlib labels minor ticks as "4×10⁰, 6×10⁰, …" when a log axis spans
+    less than about a decade, and they overlap at column width).
+
+    Raises:
+        ValueError: ``axis`` not "x"/"y", or ``values`` empty or not all positive.
+    """
+    if axis not in ("x", "y"):
+        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    ticks = [float(v) for v in values]
+    if not ticks or min(ticks) <= 0:
+        raise ValueError(f"log ticks need positive values, got {list(values)!r}")
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    which.set_ticks(ticks, labels=[f"{v:g}" for v in ticks])
+    which.set_minor_formatter(plt.NullFormatter())
+    return ax
+
 
 _XLABEL, _YLABEL = "$x_1$", "$x_2$"
 

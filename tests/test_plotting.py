@@ -173,3 +173,18 @@ def test_column_figure_rejects_bad_layouts(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         column_figure(**kwargs)
+
+
+def test_log_ticks_labels_the_given_values_and_no_minor_ticks():
+    fig, ax = plotting.column_figure(1, 1)
+    ax.plot([4, 8, 16], [1.0, 0.5, 0.25])
+    plotting.log_ticks(ax, [4, 8, 16])
+    fig.canvas.draw()
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8", "16"]
+    assert all(t.get_text() == "" for t in ax.xaxis.get_minorticklabels())
+    with pytest.raises(ValueError):
+        plotting.log_ticks(ax, [0, 1])
+    with pytest.raises(ValueError):
+        plotting.log_ticks(ax, [1, 2], axis="z")
+    plt.close(fig)
