@@ -10,6 +10,8 @@ lr 1e-3, the same data draw) trained by
 
 * ``bare``: a plain loop, x_t = t x1 + (1 − t) x0 and mean ‖v(x_t, t) − (x1 − x0)‖² written inline;
 * ``torchcfm``: TorchCFM's ``ConditionalFlowMatcher(sigma=0)`` draws (t, x_t, u_t), same loop;
+* ``torchcfm, t trusted``: the same, with the MLP's check of t skipped (``fmlib._checks.times_checked``), as
+  it is inside fmlib's loss, which drew t itself: the two rows differ by what the model costs, not the loss;
 * ``fmlib loss``: :func:`fmlib.losses.conditional_flow_matching_loss` on the CondOT path, same loop;
 * ``fmlib train``: :func:`fmlib.train.train` with that loss (EMA, lr schedule, loss bookkeeping) and no
   gradient clipping; ``fmlib train+clip``: the same with its default clipping ‖g‖ ≤ 1.
@@ -17,9 +19,11 @@ lr 1e-3, the same data draw) trained by
 The variants run in interleaved rounds (each round times ``--round-steps`` steps of every variant, in a rotated
 order) because a shared machine's speed drifts between rounds; each round gives paired ratios of steps/s, and the
 table reports their geometric mean with a 95 % t-interval over the rounds. The last columns count, per step in
-the steady state, the host synchronisations (on CUDA with ``torch.cuda.set_sync_debug_mode``; elsewhere the
-calls that read a tensor back to Python: ``__bool__``, ``item``, ``tolist``, ``__float__``, ``__int__``,
-``nonzero``, ``cpu``, ``numpy``) and the aten operator calls.
+the steady state, the host synchronisations (on CUDA with ``torch.cuda.set_sync_debug_mode``; elsewhere
+:class:`fmlib._readback.ReadbackCounter`: the calls that read a tensor back to Python, ``__bool__``, ``item``,
+``tolist``, ``__float__``, ``__int__``, ``nonzero``, ``cpu``, ``numpy``, except torch.optim's reads of its
+host-side step counters and the trainer's reads of loss copies that have arrived on the host) and the aten
+operator calls.
 
 Each row is one :func:`fmlib.train.train` call without the checkpoint cache, of about ``--seconds`` (after a
 2-step untimed warm-up run that estimates the speed): the 2-D MLP (3 hidden layers of 256, batch 256) on ``moons`` and the digits U-Net (8×8, batch 128) at
@@ -44,10 +48,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fmlib import data, losses, models, paths, runtime
+from fmlib._checks import times_checked
+from fmlib._readback import ReadbackCounter
 from fmlib.train import TrainConfig, train
 
 Sampler = Callable[[int, torch.Generator], Tensor]
@@ -83,29 +88,6 @@ def measure(label: str, make_model: Callable[[], nn.Module], sample_x1: Sampler,
     result = train(model, loss_fn, TrainConfig(steps=steps, batch_size=batch, lr=1e-3), name=f"bench-{label}",
                    device=device, cache=False, progress=False)
     return label, n_params, batch, len(result.losses), result.steps_per_second  # (FMLIB_MAX_STEPS may cut it)
-
-
-_READBACKS = {"__bool__", "item", "tolist", "__float__", "__int__", "__index__", "nonzero", "cpu", "numpy"}
-
-
-class _Readbacks(TorchFunctionMode):
-    """Counts calls that read a tensor's value back to Python (each a host sync on an accelerator), except
-    torch.optim's reads of its step counters, which live on the host on every device (no sync)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") in _READBACKS:
-            frame = sys._getframe(1)
-            callers = []
-            while frame is not None and len(callers) < 4:
-                callers.append(frame.f_code.co_filename)
-                frame = frame.f_back
-            if not any(f"torch{os.sep}optim{os.sep}" in name for name in callers):
-                self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 class _AtenOps(TorchDispatchMode):
@@ -150,6 +132,9 @@ def _bare_step(kind: str, device: torch.device) -> Callable[[nn.Module, int, tor
     return loss_fn
 
 
+_T_CHECK_OPS = 2  # aminmax and stack: fmlib._checks.check_unit_interval on a valid t
+
+
 class _Variant:
     """One way of training the shared MLP; :meth:`run` trains ``steps`` steps and returns the loop's seconds."""
 
@@ -157,8 +142,18 @@ class _Variant:
         self.label = label
         self.model = copy.deepcopy(model).to(device)
         self.device = device
-        kind = {"bare": "bare", "torchcfm": "torchcfm"}.get(label, "fmlib")
-        self.loss_fn = _bare_step(kind, device)
+        kind = label.split(",")[0] if label.startswith(("bare", "torchcfm")) else "fmlib"
+        loss_fn = _bare_step(kind, device)
+        if label.endswith("t trusted"):
+            # the model skips its check of t, as it does inside fmlib's loss (which drew t itself): the peer's
+            # step then costs what its loss path costs, on a model as cheap as the one fmlib's loss calls
+            def trusted(model: nn.Module, batch: int, gen: torch.Generator) -> Tensor:
+                with times_checked():
+                    return loss_fn(model, batch, gen)
+
+            self.loss_fn = trusted
+        else:
+            self.loss_fn = loss_fn
         self.trainer = label.startswith("fmlib train")
         self.clip = 1.0 if label.endswith("+clip") else None
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
@@ -172,12 +167,19 @@ class _Variant:
         _sync(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            loss = self.loss_fn(self.model, 256, self.gen)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self._step()
         _sync(self.device)
         return time.perf_counter() - start
+
+    def _step(self) -> None:
+        loss = self.loss_fn(self.model, 256, self.gen)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def step_seconds(self) -> float:
+        """One step of a loss variant (not the trainer), timed alone."""
+        return self.run(1)
 
     def counts(self, steps: int) -> tuple[float, float, float]:
         """(host syncs per step, the same with the accelerator's loss-check policy, aten ops per step) over
@@ -196,13 +198,13 @@ class _Variant:
             syncs = sum("synchroniz" in str(w.message) for w in caught)
             accelerated = syncs
         else:
-            with _Readbacks() as readbacks:
+            with ReadbackCounter() as readbacks:
                 self.run(steps)
             syncs = readbacks.count
             at_once, losses._CHECK_AT_ONCE = losses._CHECK_AT_ONCE, frozenset()
             try:
                 losses.check_deferred_losses()
-                with _Readbacks() as readbacks:
+                with ReadbackCounter() as readbacks:
                     self.run(steps)
                 accelerated = readbacks.count
             finally:
@@ -227,11 +229,46 @@ def _interval(log_ratios: list[float]) -> tuple[float, float, float]:
     return math.exp(m), math.exp(m - half), math.exp(m + half)
 
 
+def _median_interval(log_ratios: np.ndarray) -> tuple[float, float, float]:
+    """exp of the median of paired log ratios and its distribution-free 95 % interval (order statistics: the
+    number of pairs below the median is Binomial(n, 1/2))."""
+    from scipy import stats
+
+    arr = np.sort(np.asarray(log_ratios))
+    n = len(arr)
+    j = max(1, int(stats.binom.ppf(0.025, n, 0.5)))  # [x_(j), x_(n+1-j)] covers the median with ≥ 95 %
+    return math.exp(float(np.median(arr))), math.exp(float(arr[j - 1])), math.exp(float(arr[n - j]))
+
+
+def compare_steps(steps: int, device: torch.device) -> None:
+    """The loss variants interleaved step by step (each step timed alone, the order rotated every step): a
+    machine's speed drifts over seconds, so adjacent steps are the tightest pairs. Prints fmlib's loss step
+    against each of the others: the median of the paired speed ratios with its 95 % interval."""
+    torch.manual_seed(0)
+    model = models.MLP(dim=2, hidden=256, depth=3)
+    labels = ["bare", "torchcfm", "torchcfm, t trusted", "fmlib loss"]
+    variants = [_Variant(label, model, device) for label in labels]
+    for v in variants:
+        v.run(20)  # warm-up
+    seconds: dict[str, list[float]] = {label: [] for label in labels}
+    for i in range(steps):
+        for v in variants[i % len(variants):] + variants[:i % len(variants)]:
+            seconds[v.label].append(v.step_seconds())
+    ours = np.asarray(seconds["fmlib loss"])
+    print(f"step by step: {steps} steps of each, interleaved; speed of fmlib's loss step / speed of the other "
+          "(median of the paired ratios [95% interval]; median ms/step in brackets)")
+    for label in labels[:-1]:
+        theirs = np.asarray(seconds[label])
+        g, lo, hi = _median_interval(np.log(theirs / ours))
+        print(f"  fmlib loss ({1e3 * np.median(ours):.3f} ms) vs {label} ({1e3 * np.median(theirs):.3f} ms): "
+              f"{g:.4f} [{lo:.4f}, {hi:.4f}]")
+
+
 def compare(rounds: int, round_steps: int, device: torch.device, count_steps: int = 200) -> None:
     """Print the side-by-side table (see the module docstring)."""
     torch.manual_seed(0)
     model = models.MLP(dim=2, hidden=256, depth=3)
-    labels = ["bare", "torchcfm", "fmlib loss", "fmlib train", "fmlib train+clip"]
+    labels = ["bare", "torchcfm", "torchcfm, t trusted", "fmlib loss", "fmlib train", "fmlib train+clip"]
     variants = [_Variant(label, model, device) for label in labels]
     for v in variants:
         v.run(20)  # warm-up
@@ -253,6 +290,10 @@ def compare(rounds: int, round_steps: int, device: torch.device, count_steps: in
         syncs, accelerated, ops = v.counts(count_steps)
         print(f"{v.label:<18}{float(np.median(own)):>9.1f}{cells[0]:>24}{cells[1]:>24}{syncs:>12.3f}"
               f"{accelerated:>10.3f}{ops:>10.0f}")
+    g, lo, hi = _interval([math.log(a / b) for a, b in zip(rates["fmlib loss"], rates["torchcfm, t trusted"])])
+    print(f"fmlib loss / torchcfm on a model that trusts t (fmlib's MLP checks t when called directly, "
+          f"{_T_CHECK_OPS} operators and a read-back, which fmlib's loss skips for the times it drew): "
+          f"{g:.3f} [{lo:.3f}, {hi:.3f}]")
     g, lo, hi = _interval([math.log(b / a) for a, b in zip(rates["fmlib train"], rates["fmlib loss"])])
     print(f"trainer overhead (EMA, schedule, bookkeeping) = fmlib loss / fmlib train − 1: {100 * (g - 1):+.1f}% "
           f"[{100 * (lo - 1):+.1f}%, {100 * (hi - 1):+.1f}%]")
@@ -270,6 +311,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds of the side-by-side")
     parser.add_argument("--round-steps", type=int, default=100, help="steps per variant and round")
+    parser.add_argument("--paired-steps", type=int, default=1000,
+                        help="steps of each loss variant in the step-by-step comparison (0: skip it)")
     parser.add_argument("--no-compare", action="store_true", help="skip the side-by-side")
     parser.add_argument("--no-sizes", action="store_true", help="skip the table of model sizes")
     args = parser.parse_args()
@@ -282,6 +325,8 @@ def main() -> int:
     print(f"fmlib training steps | device={device.type} ({name}) | torch {torch.__version__} | {threads} threads")
     if not args.no_compare:
         compare(args.rounds, args.round_steps, device)
+        if args.paired_steps > 0:
+            compare_steps(args.paired_steps, device)
     if args.no_sizes:
         return 0
 

@@ -79,13 +79,15 @@ def as_time(t: float | Tensor, batch: int, *, like: Tensor, name: str = "t") -> 
 def check_unit_interval(t: Tensor, *, name: str = "t") -> None:
     """Raise ``ValueError`` unless every entry of ``t`` is a number in [0, 1].
 
-    One reduction (one host sync on a GPU) for a valid ``t``: NaN fails both comparisons, so a single
-    ``any`` catches it; the message is worked out only on failure. Inside :func:`times_checked` (times fmlib
-    drew or validated itself) it returns at once.
+    Two operators and one read-back (one host sync on a GPU) for a valid ``t``: min and max in one reduction
+    (``aminmax``, which propagates NaN, and NaN fails both comparisons), read back together; the message is
+    worked out only on failure. Inside :func:`times_checked` (times fmlib drew or validated itself) it
+    returns at once.
     """
-    if _TIMES_CHECKED.get():
+    if _TIMES_CHECKED.get() or t.numel() == 0:
         return
-    if not bool(((t >= 0) & (t <= 1)).logical_not().any()):
+    lo, hi = torch.stack(torch.aminmax(t if t.is_floating_point() else t.double())).tolist()
+    if 0 <= lo and hi <= 1:
         return
     if torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN")
@@ -96,11 +98,14 @@ def expand_like(t: Tensor, x: Tensor) -> Tensor:
     """Reshape a ``[B]`` tensor to ``[B, 1, ..., 1]`` so that it broadcasts against ``x`` of shape ``[B, ...]``."""
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"expected a [B] tensor with B={x.shape[0]}, got shape {tuple(t.shape)}")
-    return t.reshape(-1, *([1] * (x.dim() - 1)))
+    return t[:, None] if x.dim() == 2 else t.reshape(-1, *([1] * (x.dim() - 1)))  # (the common 2-D case: a view)
 
 
 def check_same_shape(**tensors: Tensor) -> None:
     """Raise ``ValueError`` unless all named tensors have the same shape."""
+    first, *rest = tensors.values()
+    if all(v.shape == first.shape for v in rest):
+        return
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError("shapes must match: " + ", ".join(f"{k}={s}" for k, s in shapes.items()))
@@ -116,6 +121,8 @@ def check_batched(x: Tensor, *, name: str = "x", min_dim: int = 2) -> None:
 
 def check_choice(value: str, choices: Iterable[str], *, what: str) -> str:
     """Return ``value`` if it is one of ``choices``; otherwise raise ``ValueError`` listing them."""
+    if type(choices) is tuple and type(value) is str and value in choices:
+        return value  # (the common case, once per training step: no copy)
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choose one of {choices}")

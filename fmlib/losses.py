@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_batched, check_choice, check_finite, check_real, check_same_shape, loss_check_is_deferred, times_checked
+from ._readback import HostCopy
 from .paths import PARAMETRIZATIONS, AffinePath, PathSample, batch_time
 
 __all__ = ["per_sample_squared_error", "cfm_loss", "conditional_flow_matching_loss", "sample_time", "cfm_loss_fn",
@@ -55,18 +56,21 @@ _CHECK_AT_ONCE = frozenset({"cpu"})
 
 class _DeferredCheck:
     """The running maximum, on the device, of the losses computed outside the trainer on an accelerator since
-    the last read-back (one 0-d tensor per device and dtype; NaN propagates through the maximum, and the losses
-    are ≥ 0, so the maximum is finite exactly when every loss was)."""
+    the last check (one 0-d tensor per device and dtype; NaN propagates through the maximum, and the losses
+    are ≥ 0, so the maximum is finite exactly when every loss was). Every :data:`CHECK_EVERY` calls the maxima
+    start on their way to the host (:class:`fmlib._readback.HostCopy`, no host sync) and are checked once they
+    have arrived, at that call or a later one."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.worst: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self.calls = 0    # losses noted so far in this process
-        self.checked = 0  # of which read back
+        self.sent = 0     # of which on their way to the host or checked
+        self.pending: list[tuple[int, int, list[tuple[torch.device, HostCopy]]]] = []  # (first, last, copies)
 
     def note(self, loss: Tensor) -> None:
         """Fold ``loss`` (0-d or [B]) into the maximum: one or two operators, no host sync; every
-        :data:`CHECK_EVERY` calls, :meth:`check`."""
+        :data:`CHECK_EVERY` calls, send the maxima to the host and check those that have arrived."""
         with self.lock, torch.no_grad():
             value = loss if loss.dim() == 0 else loss.max()
             key = (value.device, value.dtype)
@@ -76,25 +80,44 @@ class _DeferredCheck:
             else:
                 torch.maximum(worst, value, out=worst)
             self.calls += 1
-            due = self.calls - self.checked >= CHECK_EVERY
-        if due:
-            self.check()
+            if self.calls - self.sent >= CHECK_EVERY:
+                self._send()
+            arrived = self._take(wait=False)
+        self._raise(arrived)
 
     def check(self) -> None:
-        """Read the maxima back (one host sync per device) and raise ``FloatingPointError`` naming the calls
-        they cover if one is NaN or infinite."""
+        """Send the maxima not yet sent, wait for every copy (a host sync per device) and raise
+        ``FloatingPointError`` naming the calls they cover if one is NaN or infinite."""
         with self.lock:
-            first, last = self.checked + 1, self.calls
-            worst = {key: value.item() for key, value in self.worst.items()}
+            self._send()
+            arrived = self._take(wait=True)
+        self._raise(arrived)
+
+    def _send(self) -> None:
+        if self.calls > self.sent:
+            copies = [(device, HostCopy(value)) for (device, _), value in self.worst.items()]
+            self.pending.append((self.sent + 1, self.calls, copies))
             self.worst.clear()
-            self.checked = self.calls
-        bad = sorted({str(device) for (device, _), value in worst.items() if not math.isfinite(value)})
-        if bad:
-            raise FloatingPointError(
-                f"the flow-matching loss was not finite (NaN or inf) on {', '.join(bad)} in one of the calls "
-                f"{first}..{last} of fmlib.losses outside the trainer (on an accelerator the loss is checked every "
-                f"{CHECK_EVERY} calls, without a host sync per call; fmlib.losses.check_deferred_losses() checks "
-                "at once)")
+            self.sent = self.calls
+
+    def _take(self, wait: bool) -> list[tuple[int, int, list[tuple[torch.device, float]]]]:
+        """Remove and read the pending copies that have arrived (all if ``wait``), oldest first."""
+        arrived = []
+        while self.pending and (wait or all(c.ready() for _, c in self.pending[0][2])):
+            first, last, copies = self.pending.pop(0)
+            arrived.append((first, last, [(device, c.tolist()) for device, c in copies]))
+        return arrived
+
+    @staticmethod
+    def _raise(arrived: list[tuple[int, int, list[tuple[torch.device, float]]]]) -> None:
+        for first, last, values in arrived:
+            bad = sorted({str(device) for device, value in values if not math.isfinite(value)})
+            if bad:
+                raise FloatingPointError(
+                    f"the flow-matching loss was not finite (NaN or inf) on {', '.join(bad)} in one of the calls "
+                    f"{first}..{last} of fmlib.losses outside the trainer (on an accelerator the loss is checked "
+                    f"every {CHECK_EVERY} calls, without a host sync; fmlib.losses.check_deferred_losses() checks "
+                    "at once)")
 
 
 _DEFERRED = _DeferredCheck()
@@ -102,7 +125,7 @@ _DEFERRED = _DeferredCheck()
 
 def check_deferred_losses() -> None:
     """Check now the losses that :func:`cfm_loss` computed on an accelerator, outside the trainer, since the last
-    check (one host sync per device), instead of waiting for the next :data:`CHECK_EVERY`-th call.
+    check, waiting for them (one host sync per device), instead of a later :data:`CHECK_EVERY`-th call.
 
     Raises:
         FloatingPointError: one of them was NaN or infinite (the message names the range of calls).
@@ -110,16 +133,17 @@ def check_deferred_losses() -> None:
     _DEFERRED.check()
 
 
-def _check_loss_finite(loss: Tensor, what: str) -> None:
+def _check_loss_finite(loss: Tensor, parametrization: str) -> None:
     """The finiteness check of a loss (0-d, or [B] for ``reduction="none"``) computed outside the trainer: at once
     on the CPU (one read-back of a 0-d loss), deferred on an accelerator (see :class:`_DeferredCheck`)."""
     if loss.device.type not in _CHECK_AT_ONCE:
         _DEFERRED.note(loss)
     elif loss.dim() == 0:
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"{what} is not finite (NaN or inf)")
+            raise FloatingPointError(f"the flow-matching loss ({parametrization} parametrization) is not finite "
+                                     "(NaN or inf)")
     else:
-        check_finite(loss, what=what)
+        check_finite(loss, what=f"the flow-matching loss ({parametrization} parametrization)")
 
 
 def cfm_loss(
@@ -141,15 +165,26 @@ def cfm_loss(
     Non-finite losses: inside :func:`fmlib.train.train` the check is left to the trainer, which reads its
     losses back every few steps. Elsewhere a loss on the CPU is checked in this call (a CPU read-back is no host
     sync) and raises at once; a loss on an accelerator (CUDA, MPS) is folded into a running maximum on the
-    device, read back every :data:`CHECK_EVERY` calls, so a user's training loop has no host sync per step and
-    still stops with a ``FloatingPointError`` that names the range of calls (:func:`check_deferred_losses`
-    checks at once).
+    device, sent to the host every :data:`CHECK_EVERY` calls without blocking and checked once it has arrived
+    (on CUDA, at a later call), so a user's training loop never waits for the device and still stops with a
+    ``FloatingPointError`` that names the range of calls (:func:`check_deferred_losses` checks at once).
 
     Raises:
         ValueError: shape mismatch, unknown parametrization or reduction, negative weights.
         FloatingPointError: the loss is NaN or infinite (on an accelerator: one of the last
             :data:`CHECK_EVERY` losses was).
     """
+    if weighting is None and reduction == "mean" and parametrization == "velocity":
+        # the common case, once per training step: mean_b ‖pred_b − target_b‖² / D is the mean over all B·D
+        # entries (every sample has D of them), one reduction instead of two, forward and backward
+        target = sample.dx_t
+        if not (torch.is_tensor(pred) and pred.shape == target.shape):
+            check_batched(pred, name="pred", min_dim=1)
+            check_same_shape(pred=pred, target=target)
+        loss = (pred - target).square().mean()
+        if not loss_check_is_deferred():
+            _check_loss_finite(loss, parametrization)
+        return loss
     check_choice(parametrization, PARAMETRIZATIONS, what="parametrization")
     check_choice(reduction, REDUCTIONS, what="reduction")
     target = path.target(sample, parametrization)
@@ -164,7 +199,7 @@ def cfm_loss(
         per_sample = w.to(per_sample.dtype) * per_sample
     loss = per_sample.mean() if reduction == "mean" else per_sample.sum() if reduction == "sum" else per_sample
     if not loss_check_is_deferred():
-        _check_loss_finite(loss, f"the flow-matching loss ({parametrization} parametrization)")
+        _check_loss_finite(loss, parametrization)
     return loss
 
 
@@ -192,7 +227,7 @@ def sample_time(batch: int, *, generator: torch.Generator | None = None, device:
     Raises:
         ValueError: batch not a positive int, or a bad time range.
     """
-    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch < 1:
+    if type(batch) is not int and (isinstance(batch, bool) or not isinstance(batch, numbers.Integral)) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     t_min, t_max = _check_time_range(t_min, t_max)
     dtype = dtype or torch.get_default_dtype()
@@ -248,15 +283,15 @@ def conditional_flow_matching_loss(
     if not x1.is_floating_point():
         raise ValueError(f"x1 must be a floating-point tensor (the data), got {x1.dtype}; convert it with "
                          ".float()")
-    batch = x1.shape[0]
+    batch, device = x1.shape[0], x1.device
     if t is None:
-        t = sample_time(batch, generator=generator, device=x1.device, dtype=x1.dtype, t_min=t_min, t_max=t_max)
+        t = sample_time(batch, generator=generator, device=device, dtype=x1.dtype, t_min=t_min, t_max=t_max)
     else:
         t = batch_time(t, batch, like=x1)
     if x0 is None:
-        where = _generator_device(generator, x1.device)
+        where = device if generator is None else generator.device
         x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=where)
-        x0 = x0 if where == x1.device else x0.to(x1.device)
+        x0 = x0 if where == device else x0.to(device)
     with times_checked():
         sample = path.sample(x0, x1, t)
         try:
@@ -264,7 +299,7 @@ def conditional_flow_matching_loss(
         except (RuntimeError, NotImplementedError):
             _check_model_device(model, x1)  # a clearer error when the devices differ
             raise
-    if not torch.is_tensor(pred) or pred.device != x1.device:
+    if not torch.is_tensor(pred) or pred.device != device:
         _check_model_device(model, x1)
     return cfm_loss(pred, sample, path, parametrization=parametrization, weighting=weighting, reduction=reduction)
 

@@ -52,8 +52,8 @@ def _check_input(x: object, *, shape: tuple[int | None, ...], what: str) -> Tens
         raise TypeError(f"{what}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{what}: x must be a floating-point tensor, got {x.dtype}")
-    want = "[B, " + ", ".join("*" if s is None else str(s) for s in shape) + "]"
     if x.dim() != 1 + len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape[1:])):
+        want = "[B, " + ", ".join("*" if s is None else str(s) for s in shape) + "]"
         raise ValueError(f"{what}: x must have shape {want}, got {tuple(x.shape)}")
     return x
 

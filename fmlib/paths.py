@@ -388,14 +388,20 @@ class AffinePath:
             ValueError: shape mismatch, bad t, NaN or inf in x0 or x1, or a non-finite α'_t, σ'_t (VP at t = 1).
         """
         check_batched(x1, name="x1", min_dim=1)
-        check_same_shape(x0=x0, x1=x1)
-        if not times_are_checked() and not bool(torch.isfinite(x0).all() & torch.isfinite(x1).all()):
+        if not torch.is_tensor(x0) or x0.shape != x1.shape:
+            check_batched(x0, name="x0", min_dim=1)
+            check_same_shape(x0=x0, x1=x1)
+        trusted = times_are_checked()
+        if not trusted and not bool(torch.isfinite(x0).all() & torch.isfinite(x1).all()):
             which = [n for n, v in (("x0", x0), ("x1", x1)) if not bool(torch.isfinite(v).all())]
             raise ValueError(f"AffinePath.sample: {' and '.join(which)} contain(s) NaN or inf")
         constants = self.scheduler.constant_derivatives()
         if constants is not None:  # (CondOT) dx_t from two numbers: no derivative tensors, no scan
-            t = batch_time(t, x1.shape[0], like=x1)
-            a, s = (expand_like(c, x1) for c in self.scheduler.alpha_sigma(t))
+            if not (trusted and torch.is_tensor(t) and t.dim() == 1 and t.shape[0] == x1.shape[0]
+                    and t.dtype == x1.dtype and t.device == x1.device):  # (else: the loss's own draw, as is)
+                t = batch_time(t, x1.shape[0], like=x1)
+            # elementwise, so on t as [B, 1, ...] directly (t [B] is checked above or was the loss's draw)
+            a, s = self.scheduler.alpha_sigma(t[:, None] if x1.dim() == 2 else expand_like(t, x1))
             return PathSample(t=t, x0=x0, x1=x1, x_t=a * x1 + s * x0, dx_t=_combine(*constants, x1, x0))
         t, o = self._schedule(x1, t, name="x1")
         if not (self.scheduler.finite_derivatives and times_are_checked()):

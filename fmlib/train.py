@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import loss_check_deferred
+from ._readback import HostCopy
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "TrainResult", "EMA", "train", "cache_dir", "cache_key", "learning_rate", "progress_mode",
@@ -547,7 +548,9 @@ def _load_cached(model: nn.Module, path: Path, key: str) -> tuple[nn.Module, np.
 
 
 CHECK_EVERY = 100
-"""The trainer reads its losses back from the device (one host sync) every this many steps and at the end."""
+"""Every this many steps (and at the end) the trainer starts a copy of its recent losses to the host; it checks
+them for NaN/inf once they have arrived (at once on the CPU; on CUDA at a later check, without waiting for the
+device: see :class:`fmlib._readback.HostCopy`), and at the end of the run."""
 
 
 def _raise_nonfinite(losses: list[float], first: int, name: str, steps: int) -> None:
@@ -609,8 +612,10 @@ def train(
     instead (:func:`progress_mode`). ``cache=False`` or ``FMLIB_CACHE=0`` neither reads
     nor writes the cache; an unreadable or mismatching cache file is retrained (with a RuntimeWarning), and a
     failure to write the checkpoint only warns. On CUDA the loss runs under bf16 autocast when ``config.amp``; the
-    losses stay on the device and are checked for NaN/inf every :data:`CHECK_EVERY` steps and at the end
-    (no host sync per step; a non-finite loss stops the run with the step range in the message).
+    losses stay on the device, a copy of them starts to the host every :data:`CHECK_EVERY` steps and is checked
+    for NaN/inf once it has arrived (no host sync in the steady state; at the end the run waits for the last
+    copies; a non-finite loss stops the run with the step range in the message, on CUDA up to one check
+    interval later).
     ``FMLIB_MAX_STEPS=N`` (a smoke test, see :mod:`fmlib.runtime`) trains min(steps, N) steps, with a
     RuntimeWarning; the cap is part of the cache key through the shortened config.
 
@@ -680,12 +685,33 @@ def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, r
     ema = EMA(model, config.ema_decay)
     use_amp = config.amp and dev.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    check_every = CHECK_EVERY  # no host sync in between: the losses stay on the device until checked
+    check_every = CHECK_EVERY  # the losses stay on the device; every check_every steps a copy to the host starts
     losses = torch.empty(steps, dtype=torch.float32, device=dev)
-    values: list[float] = []  # the losses read back so far (one read-back, one host sync, per check)
+    values: list[float] = []  # the losses read back and checked so far
+    pending: list[tuple[int, HostCopy]] = []  # (first step, copy on its way to the host) in step order
     smoothed: float | None = None
-    checked = 0
+    copied = 0  # steps whose losses have been sent to the host
+    checked = 0  # of which checked
     last_postfix = 0.0
+    lr = learning_rate(config, 0)
+
+    def check_arrived(wait: bool) -> None:
+        """Check the copies that have arrived (all, waiting for them, if ``wait``): raise on a non-finite
+        loss, record the values, advance the bar."""
+        nonlocal smoothed, checked, last_postfix
+        while pending and (wait or pending[0][1].ready()):
+            first, arrived = pending.pop(0)
+            recent = arrived.tolist()
+            _raise_nonfinite(recent, first, name, steps)
+            values.extend(recent)
+            for value in recent:
+                smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
+            bar.update(len(recent))
+            checked = first + len(recent)
+            now = time.perf_counter()
+            if mode == "bar" and (now - last_postfix >= 1.0 or checked == steps):
+                bar.set_postfix(loss=f"{smoothed:.4g}", lr=f"{lr:.2g}", refresh=False)
+                last_postfix = now
 
     # In a terminal the bar redraws in place once a second. Elsewhere (a notebook kernel, a log file) every
     # redraw may become a line of the built page, so it redraws only every 5% of the run (≤ ~20 lines); an
@@ -711,17 +737,12 @@ def _fit(model: nn.Module, loss_fn: LossFn, config: TrainConfig, *, name: str, r
             ema.update(model)
             losses[step] = loss.detach().float()
             if (step + 1) % check_every == 0 or step + 1 == steps:
-                recent = losses[checked:step + 1].tolist()
-                _raise_nonfinite(recent, checked, name, steps)
-                values += recent
-                for value in recent:
-                    smoothed = value if smoothed is None else 0.98 * smoothed + 0.02 * value
-                bar.update(step + 1 - checked)
-                checked = step + 1
-                now = time.perf_counter()
-                if mode == "bar" and (now - last_postfix >= 1.0 or checked == steps):
-                    bar.set_postfix(loss=f"{smoothed:.4g}", lr=f"{lr:.2g}", refresh=False)
-                    last_postfix = now
+                # On CUDA the copy arrives while the next steps run; a check reads the copies that have
+                # arrived (the previous one, in practice), so no step waits for the device. On the CPU every
+                # copy has arrived at once: the losses are checked here.
+                pending.append((copied, HostCopy(losses[copied:step + 1])))
+                copied = step + 1
+                check_arrived(wait=step + 1 == steps)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds = time.perf_counter() - start

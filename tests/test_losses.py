@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fmlib import analytic, losses, paths
+from _slow_copy import SlowCopy
+from fmlib._readback import ReadbackCounter
 
 PATH = paths.AffinePath(paths.CondOTScheduler())
 
@@ -254,19 +256,6 @@ def test_drawn_time_range_of_the_loss():
         losses.conditional_flow_matching_loss(model, path, torch.randn(8, 2), t_min=0.5, t_max=0.25)
 
 
-class _Readbacks(torch.overrides.TorchFunctionMode):
-    """Counts calls that read a tensor's value back to Python (each a host sync on an accelerator)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        names = {"__bool__", "item", "tolist", "__float__", "__int__", "nonzero", "cpu", "numpy"}
-        self.count += getattr(func, "__name__", "") in names
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.fixture
 def as_on_an_accelerator(monkeypatch):
     """The loss's finiteness check as it runs on CUDA/MPS (deferred), here on the CPU."""
@@ -274,22 +263,20 @@ def as_on_an_accelerator(monkeypatch):
     monkeypatch.setattr(losses, "_CHECK_AT_ONCE", frozenset())
     yield
     losses._DEFERRED.worst.clear()
-    losses._DEFERRED.checked = losses._DEFERRED.calls
+    losses._DEFERRED.pending.clear()
+    losses._DEFERRED.sent = losses._DEFERRED.calls
 
 
-def test_on_an_accelerator_a_user_loop_reads_back_once_per_check_and_names_the_bad_calls(as_on_an_accelerator):
+def test_on_an_accelerator_a_user_loop_never_waits_for_the_device_and_names_the_bad_calls(as_on_an_accelerator):
     from fmlib import models
 
     model = models.MLP(hidden=8, depth=1)
     x1 = torch.randn(16, 2)
     first = losses._DEFERRED.calls + 1
-    with _Readbacks() as readbacks:
-        for _ in range(losses.CHECK_EVERY - 1):
+    with ReadbackCounter() as readbacks:
+        for _ in range(losses.CHECK_EVERY):  # the last call sends the maxima to the host and checks them
             losses.conditional_flow_matching_loss(model, PATH, x1)
-    assert readbacks.count == 0  # no host sync in the steady state
-    with _Readbacks() as readbacks:
-        losses.conditional_flow_matching_loss(model, PATH, x1)  # the CHECK_EVERY-th call reads back once
-    assert readbacks.count == 1
+    assert readbacks.count == 0  # no host sync: the check reads a HostCopy, which does not block on CUDA
     for _ in range(29):
         losses.conditional_flow_matching_loss(model, PATH, x1)
     bad = losses.conditional_flow_matching_loss(model, PATH, torch.full((16, 2), float("nan")))  # no error yet
@@ -315,3 +302,25 @@ def test_the_loss_is_bit_identical_whether_its_check_is_deferred_or_not(monkeypa
     monkeypatch.setattr(losses, "_CHECK_AT_ONCE", frozenset())
     assert torch.equal(now, loss(3))
     losses.check_deferred_losses()
+
+
+def test_on_a_slow_accelerator_the_deferred_check_reads_each_copy_once_it_has_arrived(as_on_an_accelerator,
+                                                                                    monkeypatch):
+    from fmlib import models
+
+    monkeypatch.setattr(losses, "HostCopy", SlowCopy)  # one interval behind
+    model = models.MLP(hidden=8, depth=1)
+    x1 = torch.randn(16, 2)
+    first = losses._DEFERRED.calls + 1
+    losses.conditional_flow_matching_loss(model, PATH, torch.full((16, 2), float("nan")))  # in the first interval
+    with ReadbackCounter() as readbacks:
+        for _ in range(2 * losses.CHECK_EVERY - 2):  # the first interval's copy is sent, not yet arrived
+            losses.conditional_flow_matching_loss(model, PATH, x1)
+        assert readbacks.count == 0
+        with pytest.raises(FloatingPointError, match=rf"calls {first}\.\.{first + losses.CHECK_EVERY - 1} "):
+            losses.conditional_flow_matching_loss(model, PATH, x1)  # the second send: the first copy has arrived
+    assert readbacks.count == 0
+    losses.conditional_flow_matching_loss(model, PATH, x1)
+    with ReadbackCounter() as readbacks:
+        losses.check_deferred_losses()  # on request: sends and waits
+    assert readbacks.count == 1  # a wait for the copy it has just sent (the one before has arrived)

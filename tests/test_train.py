@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from _slow_copy import SlowCopy
 from fmlib import train as train_mod
+from fmlib._readback import HostCopy, ReadbackCounter
 from fmlib.models import MLP
 from fmlib.train import EMA, TrainConfig, TrainResult, cache_dir, cache_key, learning_rate, progress_mode, train
 
@@ -292,25 +294,6 @@ def test_nonfinite_loss_is_checked_every_n_steps_and_named_by_step_range():
     assert calls["n"] == 200  # stopped at the first check after the bad step, not at the end
 
 
-class _Readbacks(torch.overrides.TorchFunctionMode):
-    """Counts value read-backs (host syncs on an accelerator) outside torch.optim's host-side step counters."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        import sys
-
-        if getattr(func, "__name__", "") in {"__bool__", "item", "tolist", "__float__", "__int__", "nonzero", "cpu"}:
-            frame, names = sys._getframe(1), []
-            while frame is not None and len(names) < 4:
-                names.append(frame.f_code.co_filename)
-                frame = frame.f_back
-            self.count += not any("torch/optim/" in n.replace("\\", "/") for n in names)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("scheduler", ["condot", "cosine", "ve"])
 def test_flow_matching_training_steps_read_nothing_back_between_checks(scheduler):
     # the steady state of a training step with fmlib's loss, path and model has no host sync: the number of
@@ -324,7 +307,7 @@ def test_flow_matching_training_steps_read_nothing_back_between_checks(scheduler
 
     counts = []
     for steps in (10, 90):
-        with _Readbacks() as readbacks:
+        with ReadbackCounter() as readbacks:
             train(MLP(hidden=8, depth=1), loss_fn, TrainConfig(steps=steps, batch_size=16), name="sync", device="cpu",
                   cache=False, progress=False)
         counts.append(readbacks.count)
@@ -357,16 +340,42 @@ def test_run_ledger_that_cannot_be_written_warns_and_trains(monkeypatch, tmp_pat
     assert not result.from_cache
 
 
-def test_host_syncs_per_training_step_are_one_read_back_per_loss_check():
-    # the CPU stand-in for the GPU claim: with fmlib's loss, path and model, a training run reads values back
-    # only at its loss checks (every CHECK_EVERY steps and at the end), never per step
+def test_a_training_run_reads_nothing_back_outside_its_host_copies():
+    # the CPU stand-in for the GPU claim: with fmlib's loss, path and model, a training run reads its losses only
+    # through HostCopy (a copy that does not block on CUDA), never with a read-back that waits for the device
     from fmlib import losses, paths
     from fmlib.train import CHECK_EVERY
 
     path = paths.AffinePath(paths.CondOTScheduler())
     loss_fn = losses.cfm_loss_fn(path, lambda n, g: torch.randn(n, 2, generator=g))
     steps = 2 * CHECK_EVERY + 50
-    with _Readbacks() as readbacks:
-        train(MLP(hidden=8, depth=1), loss_fn, TrainConfig(steps=steps, batch_size=16), name="syncs", device="cpu",
-              cache=False, progress=False)
-    assert readbacks.count == math.ceil(steps / CHECK_EVERY), readbacks.count  # 0.012 per step
+    with ReadbackCounter() as readbacks:
+        result = train(MLP(hidden=8, depth=1), loss_fn, TrainConfig(steps=steps, batch_size=16), name="syncs",
+                       device="cpu", cache=False, progress=False)
+    assert readbacks.count == 0, readbacks.count
+    assert len(result.losses) == steps and np.isfinite(result.losses).all()
+
+
+def test_with_a_slow_device_the_trainer_checks_each_copy_a_check_later_and_waits_only_at_the_end(monkeypatch):
+    from fmlib.train import CHECK_EVERY
+
+    steps = 3 * CHECK_EVERY + 10
+    counts, runs = [], []
+    for copy_type in (HostCopy, SlowCopy):
+        monkeypatch.setattr(train_mod, "HostCopy", copy_type)
+        with ReadbackCounter() as readbacks:  # (the cache key's fingerprint of the loss reads W_TRUE once)
+            runs.append(_run(TrainConfig(steps=steps, batch_size=8), cache=False))
+        counts.append(readbacks.count)
+    assert counts[1] == counts[0] + 1  # the last copy, waited for at the end of the run
+    np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
+
+    calls = {"n": 0}
+
+    def nan_at_130(model, batch, gen):
+        calls["n"] += 1
+        loss = regression_loss(model, batch, gen)
+        return loss * float("inf") if calls["n"] == 131 else loss
+
+    with pytest.raises(FloatingPointError, match=r"between steps 100 and 199 of 1000 \(first at step 130: inf\)"):
+        _run(TrainConfig(steps=1000, batch_size=8, lr=0.01), loss_fn=nan_at_130, cache=False)
+    assert calls["n"] == 300  # the copy of steps 100..199 arrived during the next interval: checked at step 300
