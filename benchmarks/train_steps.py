@@ -53,7 +53,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fmlib import data, losses, models, paths, runtime
 from fmlib._checks import times_checked
 from fmlib._readback import ReadbackCounter
-from fmlib.train import TrainConfig, train
+from fmlib.train import EMA, TrainConfig, train
 
 Sampler = Callable[[int, torch.Generator], Tensor]
 
@@ -254,6 +254,12 @@ def compare_steps(steps: int, device: torch.device) -> None:
     for i in range(steps):
         for v in variants[i % len(variants):] + variants[:i % len(variants)]:
             seconds[v.label].append(v.step_seconds())
+    ema, ema_seconds = EMA(variants[-1].model, 0.999), []
+    for _ in range(steps):
+        start = time.perf_counter()
+        ema.update(variants[-1].model)
+        _sync(device)
+        ema_seconds.append(time.perf_counter() - start)
     ours = np.asarray(seconds["fmlib loss"])
     print(f"step by step: {steps} steps of each, interleaved; speed of fmlib's loss step / speed of the other "
           "(median of the paired ratios [95% interval]; median ms/step in brackets)")
@@ -262,6 +268,9 @@ def compare_steps(steps: int, device: torch.device) -> None:
         g, lo, hi = _median_interval(np.log(theirs / ours))
         print(f"  fmlib loss ({1e3 * np.median(ours):.3f} ms) vs {label} ({1e3 * np.median(theirs):.3f} ms): "
               f"{g:.4f} [{lo:.4f}, {hi:.4f}]")
+    ema_us = 1e6 * float(np.median(ema_seconds))
+    print(f"  the trainer's EMA update alone (its largest per-step cost): {ema_us:.1f} µs = "
+          f"{100 * ema_us / (1e6 * np.median(ours)):.2f}% of fmlib's loss step")
 
 
 def compare(rounds: int, round_steps: int, device: torch.device, count_steps: int = 200) -> None:

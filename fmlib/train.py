@@ -173,7 +173,9 @@ class EMA:
             raise ValueError(f"EMA decay must lie in [0, 1], got {decay!r}")
         self.decay = float(decay)
         self.num_updates = 0
+        self._model = model
         self._params = [p for p in model.parameters() if p.requires_grad]
+        self._float32 = all(p.dtype == torch.float32 for p in self._params)
         self.shadow: list[Tensor] = [p.detach().float().clone() for p in self._params]
         self.buffers: list[Tensor] = [b.detach().clone() for b in model.buffers()]
 
@@ -185,19 +187,24 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """θ̄ ← d_k θ̄ + (1 − d_k) θ for the trainable parameters of ``model`` (the model the EMA was built on,
-        or one with the same parameters in the same order); buffers are copied.
+        whose parameters it took when it was built, or one with the same parameters in the same order);
+        buffers are copied.
 
         Raises:
             ValueError: ``model`` has a different number of trainable parameters.
         """
-        params = [p for p in model.parameters() if p.requires_grad]
-        if len(params) != len(self.shadow):
-            raise ValueError(f"EMA tracks {len(self.shadow)} parameters, the model has {len(params)}")
+        if model is self._model:  # the model the EMA was built on (every step of the trainer): its parameters
+            params = self._params
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            if len(params) != len(self.shadow):
+                raise ValueError(f"EMA tracks {len(self.shadow)} parameters, the model has {len(params)}")
         d = self.current_decay()
-        current = [p.detach().float() for p in params]
-        torch._foreach_lerp_(self.shadow, current, 1.0 - d)
-        for mine, theirs in zip(self.buffers, model.buffers()):
-            mine.copy_(theirs)
+        current = params if self._float32 and params is self._params else [p.float() for p in params]
+        torch._foreach_lerp_(self.shadow, current, 1.0 - d)  # (under no_grad: no detach needed)
+        if self.buffers:
+            for mine, theirs in zip(self.buffers, model.buffers()):
+                mine.copy_(theirs)
         self.num_updates += 1
 
     @torch.no_grad()
