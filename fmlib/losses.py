@@ -289,7 +289,7 @@ def conditional_flow_matching_loss(
     else:
         t = batch_time(t, batch, like=x1)
     if x0 is None:
-        where = device if generator is None else generator.device
+        where = _generator_device(generator, device)
         x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=where)
         x0 = x0 if where == device else x0.to(device)
     with times_checked():
